@@ -1,0 +1,109 @@
+"""Pieces shared by the image and video datasets: normalisation constants, class folders, and skipping
+samples that fail to decode."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import torch
+from PIL import UnidentifiedImageError
+
+log = logging.getLogger("unveil.datasets")
+
+# ImageNet statistics, the normalisation Hiera and MAE are trained with (same values as timm's constants).
+IMAGENET_DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+
+
+def find_class_folders(split_dir: Path) -> list[str]:
+    """Class names of an ImageNet/Kinetics-layout split: its sub-folders, sorted (index = position)."""
+    return sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir())
+
+
+def list_class_files(
+    split_dir: Path, extensions: tuple[str, ...]
+) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Return ``(class_names, [(file, class_index), ...])`` for ``split_dir/<class>/<file>``, sorted.
+
+    Raises ``FileNotFoundError`` when the folder is missing or holds no file with one of ``extensions``.
+    """
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"{str(split_dir)!r} is not a directory")
+    classes = find_class_folders(split_dir)
+    samples = [
+        (path, index)
+        for index, name in enumerate(classes)
+        for path in sorted((split_dir / name).iterdir())
+        if path.is_file() and path.suffix.lower() in extensions
+    ]
+    if not samples:
+        raise FileNotFoundError(f"no {'/'.join(extensions)} files in {str(split_dir)!r}/<class>/")
+    return classes, samples
+
+
+def plain_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Drop a tv_tensors subclass (Image, Video), so samples and batches hold plain tensors."""
+    return tensor.as_subclass(torch.Tensor)
+
+
+def skip_reason(error: BaseException) -> str:
+    """A short, countable name for why a file could not be decoded."""
+    if isinstance(error, FileNotFoundError):
+        return "missing"
+    if isinstance(error, UnidentifiedImageError):
+        return "unidentified"
+    message = str(error).lower()  # PIL: "image file is truncated (N bytes not processed)"
+    if "is truncated" in message or "truncated file" in message:
+        return "truncated"
+    return "decode_error"
+
+
+class SkipBadSamples:
+    """Mixin for map-style datasets whose files may fail to decode.
+
+    Subclasses split loading in two: ``_decode`` reads the file (its errors are caught) and ``_transform``
+    turns the decoded data into the sample dict (its errors propagate: they are bugs, not bad files).
+    A sample whose ``_decode`` raises one of ``decode_errors`` is skipped: a warning names the file, the
+    reason is counted in ``self.skipped`` (a ``Counter``), and the next index is tried instead, up to
+    ``max_retries`` times. With DataLoader workers, each worker counts in its own copy of the dataset.
+    """
+
+    decode_errors: tuple[type[BaseException], ...] = (OSError,)
+    max_retries: int = 10
+
+    def _init_skipping(self, max_retries: int) -> None:
+        self.max_retries = max_retries
+        self.skipped: Counter[str] = Counter()
+
+    def _path_of(self, index: int) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _decode(self, index: int):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _transform(self, decoded, index: int) -> dict:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __len__(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        for attempt in range(self.max_retries + 1):
+            current = (index + attempt) % len(self)
+            try:
+                decoded = self._decode(current)
+            except self.decode_errors as error:
+                reason = skip_reason(error)
+                self.skipped[reason] += 1
+                log.warning("skipping %s (%s: %s)", self._path_of(current), reason, error)
+                continue
+            return self._transform(decoded, current)
+        raise RuntimeError(
+            f"{type(self).__name__}: {self.max_retries + 1} consecutive samples from index {index} failed "
+            f"to decode (skipped so far: {dict(self.skipped)})"
+        )

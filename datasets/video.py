@@ -1,0 +1,288 @@
+"""Video clips in the Kinetics layout (folders or CSV manifests), decoded with decord, sampled and augmented
+for MAE pretraining of Hiera (Feichtenhofer et al. 2022 "MAE as spatiotemporal learners"; Hiera, Ryali
+et al. 2023)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import decord
+import torch
+from decord._ffi.base import DECORDError
+from torch.utils.data import Dataset, default_collate
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode, v2
+from unveil.datasets.common import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    VIDEO_EXTENSIONS,
+    SkipBadSamples,
+    list_class_files,
+    plain_tensor,
+)
+
+# ---------------------------------------------------------------------------------------- clip sampling
+
+
+def clip_indices(
+    num_video_frames: int,
+    num_frames: int,
+    sampling_rate: int,
+    train: bool = True,
+    start_frame: int = 0,
+    end_frame: int | None = None,
+) -> torch.Tensor:
+    """Frame indices (int64 [num_frames]) of one clip: ``num_frames`` frames, ``sampling_rate`` apart.
+
+    The clip spans ``(num_frames - 1) * sampling_rate + 1`` frames and lies inside the segment
+    ``[start_frame, end_frame)`` (default: the whole video). In training its start is uniform over every
+    position that fits (torch's global RNG, which DataLoader seeds per worker); in evaluation it is centred.
+
+    A segment shorter than the span: the clip starts at the segment's first frame and the indices that
+    would fall past its last frame are clamped to it, so the last frame repeats (the stride is kept).
+    """
+    if num_frames < 1 or sampling_rate < 1:
+        raise ValueError(f"num_frames and sampling_rate must be >= 1, got {num_frames}, {sampling_rate}")
+    end = num_video_frames if end_frame is None else min(end_frame, num_video_frames)
+    start = max(0, min(start_frame, end - 1))
+    if end <= start:
+        raise ValueError(
+            f"empty segment [{start_frame}, {end_frame}) in a video of {num_video_frames} frames"
+        )
+    span = (num_frames - 1) * sampling_rate + 1
+    slack = (end - start) - span  # positions the window can shift by and still fit
+    if slack > 0:
+        start += int(torch.randint(0, slack + 1, ()).item()) if train else slack // 2
+    indices = start + torch.arange(num_frames, dtype=torch.int64) * sampling_rate
+    return indices.clamp_(max=end - 1)
+
+
+# ----------------------------------------------------------------------------------------- augmentation
+
+
+def mae_video_transform(
+    input_size: int = 224,
+    crop_scale: tuple[float, float] = (0.5, 1.0),
+    hflip: float = 0.5,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> v2.Compose:
+    """Video MAE augmentation of a ``tv_tensors.Video`` uint8 [T, 3, H, W] -> float [T, 3, S, S].
+
+    One RandomResizedCrop (bilinear, area in ``crop_scale``) and one flip decision for the whole clip:
+    torchvision v2 draws the parameters once per call and applies them to every frame of a Video.
+    """
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(
+                input_size, scale=crop_scale, interpolation=InterpolationMode.BILINEAR, antialias=True
+            ),
+            v2.RandomHorizontalFlip(hflip),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+
+
+def video_eval_transform(
+    input_size: int = 224,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> v2.Compose:
+    """Evaluation transform of a video [T, 3, H, W]: short side to ``input_size``, centre crop, normalise."""
+    return v2.Compose(
+        [
+            v2.Resize(input_size, interpolation=InterpolationMode.BILINEAR, antialias=True),
+            v2.CenterCrop(input_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video of a dataset: its file, label, optional segment in seconds, and its key."""
+
+    path: Path
+    label: int
+    key: str
+    start: float | None = None
+    end: float | None = None
+
+
+def read_video_csv(csv: str | Path, root: str | Path | None = None) -> list[VideoRecord]:
+    """Parse a Kinetics-style manifest: one header-less line per video, ``path,label`` or
+    ``path,label,start,end`` (segment in seconds). Space-separated lines (``path label``) are read too.
+
+    Relative paths are resolved against ``root`` when given, else against the CSV's own folder; the key
+    of a record is the path as written in the CSV. Blank lines and lines starting with ``#`` are ignored.
+    """
+    csv = Path(csv)
+    base = Path(root) if root is not None else csv.parent
+    records = []
+    for number, line in enumerate(csv.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = [field.strip() for field in line.split(",")] if "," in line else line.split()
+        try:
+            if len(fields) not in (2, 4):
+                raise ValueError(f"expected 2 or 4 fields, got {len(fields)}")
+            start, end = (float(fields[2]), float(fields[3])) if len(fields) == 4 else (None, None)
+            if start is not None and not 0 <= start < end:
+                raise ValueError(f"need 0 <= start < end, got start={start}, end={end}")
+            records.append(VideoRecord(base / fields[0], int(fields[1]), fields[0], start, end))
+        except ValueError as error:
+            raise ValueError(
+                f"{csv}:{number}: bad manifest line {line!r} ({error}); "
+                "expected 'path,label' or 'path,label,start,end'"
+            ) from None
+    if not records:
+        raise ValueError(f"{csv}: the manifest lists no videos")
+    return records
+
+
+class VideoDataset(SkipBadSamples, Dataset):
+    """Video clips for MAE pretraining, from a Kinetics-layout folder or a CSV manifest.
+
+    Sources: ``csv`` (see ``read_video_csv``; relative paths resolve against ``root`` when given, else
+    the CSV's folder) or, without ``csv``, the folder ``root/<split>/<class_name>/*.mp4`` (class index =
+    sorted folder position, key = path relative to ``root/<split>``).
+
+    Each sample decodes one video once (decord, CPU, one thread) and takes ``repeated_sampling`` clips
+    from it, each with its own temporal window (``clip_indices``) and its own spatial augmentation, shared
+    by all frames of that clip. A sample is::
+
+        {"video": float [3, T, S, S]            (repeated_sampling == 1)
+                  float [R, 3, T, S, S]         (repeated_sampling == R > 1),
+         "label": int64 scalar, "key": str}
+
+    with T = ``num_frames`` and S = ``input_size``. Batch R > 1 samples with ``repeated_collate``. In
+    evaluation (``train=False``) every clip is the centred window, resized and centre-cropped.
+
+    Repeated sampling amortises decoding, which dominates the cost of video MAE: Hiera and MAE-ST take
+    4 clips per decoded video.
+
+    A video that fails to decode is skipped (warning naming it, ``self.skipped[reason]`` counted) and the
+    next index is returned instead.
+    """
+
+    decode_errors = (OSError, RuntimeError, DECORDError)
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        split: str = "train",
+        csv: str | Path | None = None,
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        train: bool = True,
+        input_size: int = 224,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        hflip: float = 0.5,
+        repeated_sampling: int = 1,
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        transform: Callable[[tv_tensors.Video], torch.Tensor] | None = None,
+        max_retries: int = 10,
+    ) -> None:
+        if repeated_sampling < 1:
+            raise ValueError(f"repeated_sampling must be >= 1, got {repeated_sampling}")
+        if num_frames < 1 or sampling_rate < 1:
+            raise ValueError(f"num_frames and sampling_rate must be >= 1, got {num_frames}, {sampling_rate}")
+        self.classes: list[str] | None = None
+        if csv is not None:
+            self.records = read_video_csv(csv, root)
+        elif root is not None:
+            split_dir = Path(root) / split
+            self.classes, files = list_class_files(split_dir, VIDEO_EXTENSIONS)
+            self.records = [
+                VideoRecord(path, label, path.relative_to(split_dir).as_posix()) for path, label in files
+            ]
+        else:
+            raise ValueError("VideoDataset needs a root folder or a csv manifest")
+        self.num_frames = num_frames
+        self.sampling_rate = sampling_rate
+        self.train = train
+        self.repeated_sampling = repeated_sampling
+        if transform is None:
+            transform = (
+                mae_video_transform(input_size, crop_scale, hflip, mean, std)
+                if train
+                else video_eval_transform(input_size, mean, std)
+            )
+        self.transform = transform
+        self._init_skipping(max_retries)
+
+    @property
+    def num_classes(self) -> int:
+        """Class folders found, or (manifests) the largest label + 1."""
+        return len(self.classes) if self.classes is not None else max(r.label for r in self.records) + 1
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _path_of(self, index: int) -> str:
+        return str(self.records[index].path)
+
+    def _decode(self, index: int) -> torch.Tensor:
+        """Decode the clips of one video: uint8 [R, T, H, W, 3]."""
+        record = self.records[index]
+        reader = decord.VideoReader(str(record.path), ctx=decord.cpu(0), num_threads=1)
+        start_frame, end_frame = 0, None
+        if record.start is not None:
+            fps = reader.get_avg_fps()
+            start_frame, end_frame = round(record.start * fps), round(record.end * fps)
+        clips = torch.stack(
+            [
+                clip_indices(
+                    len(reader), self.num_frames, self.sampling_rate, self.train, start_frame, end_frame
+                )
+                for _ in range(self.repeated_sampling)
+            ]
+        )  # [R, T]
+        # Decode each needed frame once, in increasing order (cheap seeks), then gather the clips.
+        unique, position = torch.unique(clips, return_inverse=True)
+        frames = torch.from_numpy(reader.get_batch(unique.tolist()).asnumpy())  # [U, H, W, 3]
+        return frames[position]  # [R, T, H, W, 3]
+
+    def _transform(self, clips: torch.Tensor, index: int) -> dict:
+        record = self.records[index]
+        videos = []
+        for clip in clips:  # [T, H, W, 3]: each clip gets its own crop, shared by its frames
+            video = self.transform(tv_tensors.Video(clip.permute(0, 3, 1, 2)))  # [T, 3, S, S]
+            videos.append(plain_tensor(video).permute(1, 0, 2, 3))  # [3, T, S, S], Hiera's layout
+        video = videos[0] if self.repeated_sampling == 1 else torch.stack(videos)
+        return {"video": video, "label": torch.tensor(record.label, dtype=torch.int64), "key": record.key}
+
+
+def repeated_collate(samples: list[dict]) -> dict:
+    """Collate samples whose ``video`` is [R, 3, T, H, W] into a batch of B * R clips.
+
+    ``video`` becomes [B * R, 3, T, H, W] with the R clips of a video next to each other (row b * R + r is
+    clip r of sample b); ``label`` and every other tensor are repeated R times along the batch dimension
+    (``repeat_interleave``), and ``key`` lists each key R times. Samples with a [3, T, H, W] ``video``
+    collate as ``default_collate`` does, so this is safe to use for any ``repeated_sampling``.
+    """
+    batch = default_collate(samples)
+    video = batch["video"]
+    if video.ndim != 6:  # [B, 3, T, H, W]: no repetition
+        return batch
+    repeats = video.shape[1]
+    out = {}
+    for name, value in batch.items():
+        if name == "video":
+            out[name] = value.flatten(0, 1)
+        elif isinstance(value, torch.Tensor):
+            out[name] = value.repeat_interleave(repeats, dim=0)
+        elif isinstance(value, list):
+            out[name] = [item for item in value for _ in range(repeats)]
+        else:
+            out[name] = value
+    return out
