@@ -34,3 +34,16 @@ from .mae import (  # noqa: F401
     mae_hiera_small_224,
     mae_hiera_tiny_224,
 )
+from .hieradet import (  # noqa: F401
+    HieraDet,
+    hieradet_base,
+    hieradet_base_plus,
+    hieradet_large,
+    hieradet_small,
+    hieradet_tiny,
+)
+from .convert import (  # noqa: F401
+    ConversionReport,
+    convert_state_dict,
+    detect_format,
+)

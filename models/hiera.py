@@ -586,9 +586,9 @@ class Hiera(nn.Module):
 
 def load_hiera_state_dict(model: nn.Module, state_dict: dict, strict: bool = True):
     """Load an official facebookresearch/hiera state dict (``model_state`` wrapper accepted)."""
-    if "model_state" in state_dict:
-        state_dict = state_dict["model_state"]
-    return model.load_state_dict(state_dict, strict=strict)
+    from .convert import unwrap_state_dict
+
+    return model.load_state_dict(unwrap_state_dict(state_dict), strict=strict)
 
 
 IMAGE = dict(input_size=(224, 224))
