@@ -2,7 +2,12 @@
 datasets in real formats, and the LightningDataModules that recipes build.
 
 Samples are dicts of tensors: images ``{"image": [3, H, W], "label", "key"}``, videos
-``{"video": [3, T, H, W], "label", "key"}``, normalised with the ImageNet mean and std.
+``{"video": [3, T, H, W], "label", "key"}``, normalised with the ImageNet mean and std; audio
+``{"fbank": [1, frames, 128], "label" (multi-hot), "key"}``, normalised AudioMAE-style; audio-video
+``{"video", "fbank", "audio_missing", "key", "label"}`` with both from the same time window.
+
+Every source also reads from WebDataset shards (``make_shards`` / ``unveil shards make``, ``ShardDataset``,
+the DataModules' ``shards:``); skipped bad samples are counted per reason (``SkipCounterCallback``).
 
 The names below are imported on first use, so ``unveil.datasets.synth`` runs without importing torch or
 Lightning.
@@ -14,13 +19,47 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
+    "AUDIOSET_MEAN": "audio",
+    "AUDIOSET_STD": "audio",
+    "AudioDataset": "audio",
+    "ClassIndex": "audio",
+    "FbankTransform": "audio",
+    "decode_audio": "audio",
+    "kaldi_fbank": "audio",
+    "read_audio": "audio",
+    "read_audio_manifest": "audio",
+    "read_class_index": "audio",
+    "AudioVideoDataset": "audio_video",
+    "AudioVideoPipeline": "audio_video",
+    "load_av_clip": "audio_video",
+    "read_av_manifest": "audio_video",
     "IMAGENET_DEFAULT_MEAN": "common",
     "IMAGENET_DEFAULT_STD": "common",
+    "AudioDataModule": "datamodules",
+    "AudioVideoDataModule": "datamodules",
     "ImageDataModule": "datamodules",
     "VideoDataModule": "datamodules",
     "ImageFolderDataset": "image",
     "image_eval_transform": "image",
     "mae_image_transform": "image",
+    "AudioShardDecoder": "shards",
+    "AudioVideoShardDecoder": "shards",
+    "EncodeOptions": "shards",
+    "FullWindowVideoDataset": "shards",
+    "ImageShardDecoder": "shards",
+    "ShardDataset": "shards",
+    "ShardLoader": "shards",
+    "VideoShardDecoder": "shards",
+    "decode_clips": "shards",
+    "make_shards": "shards",
+    "read_index": "shards",
+    "resolve_shards": "shards",
+    "BadSample": "skips",
+    "SkipCounter": "skips",
+    "SkipCounterCallback": "skips",
+    "SkipFractionExceeded": "skips",
+    "make_audio_folder": "synth",
+    "make_audio_video_folder": "synth",
     "make_image_folder": "synth",
     "make_video_folder": "synth",
     "VideoDataset": "video",
@@ -32,28 +71,105 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AUDIOSET_MEAN",
+    "AUDIOSET_STD",
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
+    "AudioDataModule",
+    "AudioDataset",
+    "AudioShardDecoder",
+    "AudioVideoDataModule",
+    "AudioVideoDataset",
+    "AudioVideoPipeline",
+    "AudioVideoShardDecoder",
+    "BadSample",
+    "ClassIndex",
+    "EncodeOptions",
+    "FbankTransform",
+    "FullWindowVideoDataset",
     "ImageDataModule",
     "ImageFolderDataset",
+    "ImageShardDecoder",
+    "ShardDataset",
+    "ShardLoader",
+    "SkipCounter",
+    "SkipCounterCallback",
+    "SkipFractionExceeded",
     "VideoDataModule",
     "VideoDataset",
+    "VideoShardDecoder",
     "clip_indices",
+    "decode_audio",
+    "decode_clips",
     "image_eval_transform",
+    "kaldi_fbank",
+    "load_av_clip",
     "mae_image_transform",
     "mae_video_transform",
+    "make_audio_folder",
+    "make_audio_video_folder",
     "make_image_folder",
+    "make_shards",
     "make_video_folder",
+    "read_audio",
+    "read_audio_manifest",
+    "read_av_manifest",
+    "read_class_index",
+    "read_index",
     "read_video_csv",
     "repeated_collate",
+    "resolve_shards",
     "video_eval_transform",
 ]
 
 if TYPE_CHECKING:
+    from unveil.datasets.audio import (
+        AUDIOSET_MEAN,
+        AUDIOSET_STD,
+        AudioDataset,
+        ClassIndex,
+        FbankTransform,
+        decode_audio,
+        kaldi_fbank,
+        read_audio,
+        read_audio_manifest,
+        read_class_index,
+    )
+    from unveil.datasets.audio_video import (
+        AudioVideoDataset,
+        AudioVideoPipeline,
+        load_av_clip,
+        read_av_manifest,
+    )
     from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from unveil.datasets.datamodules import ImageDataModule, VideoDataModule
+    from unveil.datasets.datamodules import (
+        AudioDataModule,
+        AudioVideoDataModule,
+        ImageDataModule,
+        VideoDataModule,
+    )
     from unveil.datasets.image import ImageFolderDataset, image_eval_transform, mae_image_transform
-    from unveil.datasets.synth import make_image_folder, make_video_folder
+    from unveil.datasets.shards import (
+        AudioShardDecoder,
+        AudioVideoShardDecoder,
+        EncodeOptions,
+        FullWindowVideoDataset,
+        ImageShardDecoder,
+        ShardDataset,
+        ShardLoader,
+        VideoShardDecoder,
+        decode_clips,
+        make_shards,
+        read_index,
+        resolve_shards,
+    )
+    from unveil.datasets.skips import BadSample, SkipCounter, SkipCounterCallback, SkipFractionExceeded
+    from unveil.datasets.synth import (
+        make_audio_folder,
+        make_audio_video_folder,
+        make_image_folder,
+        make_video_folder,
+    )
     from unveil.datasets.video import (
         VideoDataset,
         clip_indices,

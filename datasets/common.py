@@ -52,7 +52,10 @@ def plain_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def skip_reason(error: BaseException) -> str:
-    """A short, countable name for why a file could not be decoded."""
+    """A short, countable name for why a file could not be decoded (see ``unveil.datasets.skips``)."""
+    reason = getattr(error, "skip_reason", None)  # BadSample and any error that names its own reason
+    if isinstance(reason, str):
+        return reason
     if isinstance(error, FileNotFoundError):
         return "missing"
     if isinstance(error, UnidentifiedImageError):
@@ -71,14 +74,21 @@ class SkipBadSamples:
     A sample whose ``_decode`` raises one of ``decode_errors`` is skipped: a warning names the file, the
     reason is counted in ``self.skipped`` (a ``Counter``), and the next index is tried instead, up to
     ``max_retries`` times. With DataLoader workers, each worker counts in its own copy of the dataset.
+
+    ``self.skip_counter`` (a ``unveil.datasets.skips.SkipCounter``) also counts every skip and every
+    returned sample across all workers, for ``SkipCounterCallback`` to log, and stops the run with
+    ``SkipFractionExceeded`` when its ``max_skip_fraction`` (None by default) is exceeded.
     """
 
     decode_errors: tuple[type[BaseException], ...] = (OSError,)
     max_retries: int = 10
 
     def _init_skipping(self, max_retries: int) -> None:
+        from unveil.datasets.skips import SkipCounter  # imported here: skips.py imports Lightning
+
         self.max_retries = max_retries
         self.skipped: Counter[str] = Counter()
+        self.skip_counter = SkipCounter()
 
     def _path_of(self, index: int) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -99,10 +109,19 @@ class SkipBadSamples:
                 decoded = self._decode(current)
             except self.decode_errors as error:
                 reason = skip_reason(error)
+                if reason == "decode_error" and not Path(self._path_of(current)).exists():
+                    reason = "missing"  # decord, for one, reports a missing file as a RuntimeError
                 self.skipped[reason] += 1
                 log.warning("skipping %s (%s: %s)", self._path_of(current), reason, error)
+                counter = getattr(self, "skip_counter", None)
+                if counter is not None:
+                    counter.record_skip(reason, self._path_of(current), str(error), warn=False)
                 continue
-            return self._transform(decoded, current)
+            sample = self._transform(decoded, current)
+            counter = getattr(self, "skip_counter", None)
+            if counter is not None:
+                counter.record_delivered()
+            return sample
         raise RuntimeError(
             f"{type(self).__name__}: {self.max_retries + 1} consecutive samples from index {index} failed "
             f"to decode (skipped so far: {dict(self.skipped)})"

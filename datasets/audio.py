@@ -1,0 +1,544 @@
+"""Audio for AudioMAE/MAViL: decoding (wav/flac with soundfile, the audio track of a video with PyAV, from
+paths or bytes), the AudioMAE log-mel front end, its training augmentations, AudioSet-style multi-label
+manifests, and ``AudioDataset``.
+
+The front end is AudioMAE's (Huang et al. 2022), bit for bit: a mono 16 kHz waveform, mean removed, goes
+through ``torchaudio.compliance.kaldi.fbank`` (128 mel bins, 25 ms Hanning windows every 10 ms, HTK mel
+scale, no energy, no dither); the frames are zero-padded or cropped to ``target_length`` (1024 for 10 s)
+and normalised as ``(x - mean) / (2 * std)`` with the dataset statistics (AudioSet: -4.2677393,
+4.5689974). A sample is ``{"fbank": float [1, target_length, 128], "label": float [num_classes], "key"}``.
+
+Mixup is left out: it mixes pairs of samples and their labels, so it belongs to the batch (a collate
+function or the LightningModule), and AudioMAE/MAViL pretraining do not use it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+import soundfile
+import torch
+import torch.nn.functional as F
+import torchaudio.functional
+import torchaudio.transforms
+from torch.utils.data import Dataset
+from torchaudio.compliance import kaldi
+from unveil.datasets.common import SkipBadSamples, list_class_files
+from unveil.datasets.skips import BadSample
+
+SAMPLE_RATE = 16000
+"""Every waveform is resampled to this rate (Hz) before the fbank, as AudioMAE and MAViL train at."""
+NUM_MEL_BINS = 128
+FRAMES_PER_SECOND = 100
+"""fbank frames per second of audio (10 ms frame shift): ``target_length = seconds * 100``."""
+AUDIOSET_MEAN = -4.2677393
+AUDIOSET_STD = 4.5689974
+"""Mean and standard deviation of AudioSet's fbank values, AudioMAE's defaults for normalisation."""
+
+SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+"""Audio files read with soundfile; every other file (mp4, mkv, mov, m4a, mp3, ...) is read with PyAV."""
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + (".mp3", ".m4a", ".aac", ".opus")
+"""Extensions that mark a file as audio-only (manifests, folder scanning)."""
+
+AudioSource = str | Path | bytes | bytearray | memoryview | BinaryIO
+"""A path, the encoded bytes of a file, or a binary file object."""
+
+# Magic numbers of the formats soundfile reads; other bytes go to PyAV.
+_SOUNDFILE_MAGIC = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"FORM")
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class RawAudio:
+    """Decoded audio before mixdown and resampling.
+
+    ``samples`` is float32 [channels, N] in [-1, 1] at ``sample_rate``; ``start`` is the time (s) of its
+    first sample from the start of the container's video stream (0 for audio files and audio-only ones).
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    start: float = 0.0
+
+
+def _is_bytes(source: AudioSource) -> bool:
+    return isinstance(source, (bytes, bytearray, memoryview))
+
+
+def _open_source(source: AudioSource) -> str | BinaryIO:
+    """A path string or a file object for ``source``; a missing path raises ``FileNotFoundError``."""
+    if _is_bytes(source):
+        return io.BytesIO(bytes(source))
+    if isinstance(source, (str, Path)):
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"no such file: {str(source)!r}")
+        return str(source)
+    return source  # a file object
+
+
+def _uses_soundfile(source: AudioSource) -> bool:
+    if _is_bytes(source):
+        return bytes(source[:4]) in _SOUNDFILE_MAGIC
+    if isinstance(source, (str, Path)):
+        return Path(source).suffix.lower() in SOUNDFILE_EXTENSIONS
+    position = source.tell()
+    magic = source.read(4)
+    source.seek(position)
+    return magic in _SOUNDFILE_MAGIC
+
+
+def _read_soundfile(source: AudioSource) -> RawAudio:
+    samples, sample_rate = soundfile.read(_open_source(source), dtype="float32", always_2d=True)
+    return RawAudio(np.ascontiguousarray(samples.T), int(sample_rate))  # [N, C] -> [C, N]
+
+
+def _read_pyav(source: AudioSource) -> RawAudio:
+    with av.open(_open_source(source), mode="r") as container:
+        if not container.streams.audio:
+            raise BadSample("no_audio", "the file has no audio stream")
+        stream = container.streams.audio[0]
+        # Convert whatever sample format the decoder gives (s16, fltp, ...) to planar float, keeping the
+        # rate and channels: torchaudio does the resampling, the same way for every source.
+        converter = av.AudioResampler(format="fltp")
+        chunks, first_time, sample_rate = [], None, stream.codec_context.sample_rate
+        for frame in container.decode(stream):
+            if first_time is None and frame.time is not None:
+                first_time = frame.time
+            sample_rate = frame.sample_rate
+            chunks.extend(out.to_ndarray() for out in converter.resample(frame))
+        chunks.extend(out.to_ndarray() for out in converter.resample(None))
+        start = 0.0
+        if first_time is not None and container.streams.video:
+            video = container.streams.video[0]
+            video_start = float(video.start_time * video.time_base) if video.start_time is not None else 0.0
+            start = first_time - video_start
+    if not chunks:
+        raise BadSample("empty_audio", "the audio stream holds no samples")
+    return RawAudio(np.concatenate(chunks, axis=1).astype(np.float32, copy=False), int(sample_rate), start)
+
+
+def read_audio(source: AudioSource) -> RawAudio:
+    """Decode all of ``source`` at its own rate and channels (``RawAudio``).
+
+    wav/flac/ogg/aiff (by extension, or by magic number for bytes and file objects) are read with
+    soundfile; anything else (the audio track of an mp4/mkv/mov, m4a, mp3, ...) with PyAV.
+
+    Raises ``FileNotFoundError`` (missing path), ``BadSample`` (reason ``no_audio``: no audio stream;
+    ``empty_audio``: no samples), and the decoders' own errors (``soundfile.LibsndfileError``,
+    ``av.FFmpegError``) on garbage.
+    """
+    raw = _read_soundfile(source) if _uses_soundfile(source) else _read_pyav(source)
+    if raw.samples.shape[1] == 0:
+        raise BadSample("empty_audio", "the file holds no samples")
+    return raw
+
+
+def to_mono(raw: RawAudio, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Mix ``raw`` down to mono (mean of the channels) and resample it: float32 [1, N'].
+
+    Resampling is ``torchaudio.functional.resample`` (windowed sinc, its defaults). AudioMAE reads
+    AudioSet's 16 kHz files and, for stereo, its fbank call keeps only channel 0; the mean keeps both.
+    """
+    waveform = torch.from_numpy(raw.samples).mean(dim=0, keepdim=True)  # [1, N]
+    if raw.sample_rate != sample_rate:
+        waveform = torchaudio.functional.resample(waveform, raw.sample_rate, sample_rate)
+    return waveform
+
+
+def decode_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Decode ``source`` (path, bytes or file object; wav/flac or a video's audio track) to a mono
+    float32 waveform [1, N] at ``sample_rate``.
+
+    Errors as in ``read_audio``, plus ``BadSample("empty_audio")`` below one 25 ms fbank window.
+    """
+    waveform = to_mono(read_audio(source), sample_rate)
+    if waveform.shape[-1] < sample_rate * 25 // 1000:
+        raise BadSample("empty_audio", f"{waveform.shape[-1]} samples, less than one 25 ms window")
+    return waveform
+
+
+# -------------------------------------------------------------------------------------------- front end
+
+
+def kaldi_fbank(
+    waveform: torch.Tensor,
+    sample_rate: int = SAMPLE_RATE,
+    num_mel_bins: int = NUM_MEL_BINS,
+    frame_shift: float = 10.0,
+) -> torch.Tensor:
+    """AudioMAE's log-mel filterbank of a mono waveform [1, N]: float [frames, num_mel_bins].
+
+    frames = 1 + (N - 400) // 160 at 16 kHz (25 ms windows, 10 ms apart, no padding at the edges).
+    """
+    if waveform.ndim == 1:
+        waveform = waveform.unsqueeze(0)
+    return kaldi.fbank(
+        waveform - waveform.mean(),
+        htk_compat=True,
+        sample_frequency=sample_rate,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=num_mel_bins,
+        dither=0.0,
+        frame_shift=frame_shift,
+    )
+
+
+def pad_or_crop(fbank: torch.Tensor, target_length: int) -> torch.Tensor:
+    """Zero-pad at the end, or keep the first ``target_length`` frames, of ``fbank`` [frames, mel]."""
+    missing = target_length - fbank.shape[0]
+    if missing > 0:
+        return F.pad(fbank, (0, 0, 0, missing))
+    return fbank[:target_length]
+
+
+def normalize_fbank(
+    fbank: torch.Tensor, mean: float = AUDIOSET_MEAN, std: float = AUDIOSET_STD
+) -> torch.Tensor:
+    """AudioMAE's normalisation: ``(fbank - mean) / (2 * std)``."""
+    return (fbank - mean) / (2 * std)
+
+
+def roll_waveform(waveform: torch.Tensor, gain: bool = True) -> torch.Tensor:
+    """AudioMAE's ``roll_mag_aug``: a circular shift of the waveform [1, N] by a uniform random number of
+    samples, times a gain drawn from Beta(10, 10) + 0.5 (in [0.5, 1.5]) when ``gain``.
+
+    (AudioMAE's own version rolls a [1, N] array along its first axis, which has length 1, so its shift
+    is always 0 and only the gain acts; this one shifts along time, as intended.)
+    """
+    shift = int(torch.randint(0, waveform.shape[-1], ()).item())
+    rolled = torch.roll(waveform, shifts=shift, dims=-1)
+    if gain:
+        rolled = rolled * (torch.distributions.Beta(10.0, 10.0).sample() + 0.5)
+    return rolled
+
+
+class FbankTransform:
+    """Waveform [1, N] (mono, ``sample_rate``) -> normalised fbank float [1, target_length, num_mel_bins].
+
+    Steps, in AudioMAE's order: (train, ``roll``) ``roll_waveform``; ``kaldi_fbank``; ``pad_or_crop`` to
+    ``target_length``; (train) frequency masking of up to ``freqm`` mel bins and time masking of up to
+    ``timem`` frames (``torchaudio.transforms.FrequencyMasking/TimeMasking``, masked values set to 0
+    before normalising, as AudioMAE does; 0 disables each); ``normalize_fbank`` with ``mean``/``std``.
+    Augmentations draw from torch's global RNG (DataLoader seeds it per worker) and only act when
+    ``train`` is True.
+
+    AudioMAE's AudioSet defaults: ``target_length=1024`` (10 s), ``freqm=48``, ``timem=192``.
+    """
+
+    def __init__(
+        self,
+        target_length: int = 1024,
+        train: bool = False,
+        freqm: int = 0,
+        timem: int = 0,
+        roll: bool = False,
+        roll_gain: bool = True,
+        mean: float = AUDIOSET_MEAN,
+        std: float = AUDIOSET_STD,
+        num_mel_bins: int = NUM_MEL_BINS,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
+        if target_length < 1 or freqm < 0 or timem < 0 or std <= 0:
+            raise ValueError(
+                f"need target_length >= 1, freqm >= 0, timem >= 0, std > 0; got {target_length}, {freqm}, "
+                f"{timem}, {std}"
+            )
+        self.target_length, self.train = target_length, train
+        self.freqm, self.timem, self.roll, self.roll_gain = freqm, timem, roll, roll_gain
+        self.mean, self.std = mean, std
+        self.num_mel_bins, self.sample_rate = num_mel_bins, sample_rate
+        self.frequency_masking = torchaudio.transforms.FrequencyMasking(freqm) if freqm else None
+        self.time_masking = torchaudio.transforms.TimeMasking(timem) if timem else None
+
+    def __call__(self, waveform: torch.Tensor) -> torch.Tensor:
+        if self.train and self.roll:
+            waveform = roll_waveform(waveform, self.roll_gain)
+        fbank = kaldi_fbank(waveform, self.sample_rate, self.num_mel_bins)  # [frames, mel]
+        fbank = pad_or_crop(fbank, self.target_length)  # [L, mel]
+        if self.train and (self.frequency_masking or self.time_masking):
+            spectrogram = fbank.T.unsqueeze(0)  # [1, mel, L]: torchaudio's maskers take (..., freq, time)
+            if self.frequency_masking is not None:
+                spectrogram = self.frequency_masking(spectrogram)
+            if self.time_masking is not None:
+                spectrogram = self.time_masking(spectrogram)
+            fbank = spectrogram.squeeze(0).T
+        return normalize_fbank(fbank, self.mean, self.std).unsqueeze(0)  # [1, L, mel]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(target_length={self.target_length}, train={self.train}, "
+            f"freqm={self.freqm}, timem={self.timem}, roll={self.roll}, mean={self.mean}, std={self.std})"
+        )
+
+
+# -------------------------------------------------------------------------------------------- manifests
+
+
+@dataclass(frozen=True)
+class ClassIndex:
+    """The classes of a multi-label dataset, in label order: AudioSet's ``class_labels_indices.csv``.
+
+    A label written in a manifest is matched against ``mids`` (``/m/09x0r``), then ``names``
+    (``Speech``), then read as an integer index.
+    """
+
+    mids: tuple[str, ...]
+    names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.mids)
+
+    def index(self, label: str) -> int:
+        label = label.strip()
+        lookup = self._lookup()
+        if label in lookup:
+            return lookup[label]
+        if label.lstrip("-").isdigit() and 0 <= int(label) < len(self):
+            return int(label)
+        raise KeyError(label)
+
+    def _lookup(self) -> dict[str, int]:
+        cached = self.__dict__.get("_lookup_cache")
+        if cached is None:
+            cached = {name: i for i, name in enumerate(self.names)}
+            cached.update({mid: i for i, mid in enumerate(self.mids)})  # mids win over names
+            object.__setattr__(self, "_lookup_cache", cached)
+        return cached
+
+    def multi_hot(self, indices: Iterable[int]) -> torch.Tensor:
+        """float32 [num_classes] with ones at ``indices``."""
+        target = torch.zeros(len(self), dtype=torch.float32)
+        target[list(indices)] = 1.0
+        return target
+
+    @classmethod
+    def from_labels(cls, labels: Iterable[str]) -> ClassIndex:
+        """A class index for manifests without one: integer labels give ``0..max``; otherwise the distinct
+        labels, sorted, name the classes."""
+        distinct = sorted({label for label in labels if label})
+        if distinct and all(label.isdigit() for label in distinct):
+            names = tuple(str(i) for i in range(max(int(label) for label in distinct) + 1))
+            return cls(names, names)
+        return cls(tuple(distinct), tuple(distinct))
+
+
+def read_class_index(path: str | Path) -> ClassIndex:
+    """Read a class-index CSV in AudioSet's ``class_labels_indices.csv`` format: a header
+    ``index,mid,display_name`` and one row per class (names with commas are quoted). Rows are ordered by
+    ``index``, which must run 0..C-1."""
+    path = Path(path)
+    with path.open(newline="") as file:
+        rows = [row for row in csv.reader(file) if row and not row[0].lstrip().startswith("#")]
+    if rows and rows[0][0].strip().lower() == "index":
+        rows = rows[1:]
+    entries = []
+    for number, row in enumerate(rows, start=1):
+        if len(row) < 3 or not row[0].strip().isdigit():
+            raise ValueError(f"{path}: bad class-index row {row!r}; expected 'index,mid,display_name'")
+        entries.append((int(row[0]), row[1].strip(), ",".join(row[2:]).strip()))
+    entries.sort()
+    if [index for index, _, _ in entries] != list(range(len(entries))) or not entries:
+        raise ValueError(f"{path}: class indices must run 0..C-1 with no gaps")
+    return ClassIndex(tuple(mid for _, mid, _ in entries), tuple(name for _, _, name in entries))
+
+
+def split_labels(text: str) -> list[str]:
+    """``"/m/09x0r,/m/04rlf"`` -> ``["/m/09x0r", "/m/04rlf"]`` (blank items dropped)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def resolve_labels(labels: list[str], classes: ClassIndex, where: str) -> tuple[int, ...]:
+    """Sorted class indices of ``labels`` (the comma-split items of a manifest's labels field).
+
+    Class names may hold commas (AudioSet's "Male speech, man speaking"), so consecutive items are
+    joined back when the joined text is a class (longest run first). An unknown label raises
+    ``ValueError`` naming ``where``.
+    """
+    indices, start = set(), 0
+    while start < len(labels):
+        match = _longest_class_run(labels, start, classes)
+        if match is None:
+            raise ValueError(f"{where}: unknown label {labels[start]!r} (not in the class index)")
+        index, start = match
+        indices.add(index)
+    return tuple(sorted(indices))
+
+
+def _longest_class_run(labels: list[str], start: int, classes: ClassIndex) -> tuple[int, int] | None:
+    """``(class index, end)`` of the longest ``labels[start:end]`` that, joined, names a class."""
+    for end in range(len(labels), start, -1):
+        for separator in (", ", ","):
+            try:
+                return classes.index(separator.join(labels[start:end])), end
+            except KeyError:
+                continue
+    return None
+
+
+@dataclass(frozen=True)
+class AudioRecord:
+    """One audio file of a manifest: its path, its label strings and its key (the path as written)."""
+
+    path: Path
+    labels: tuple[str, ...]
+    key: str
+
+
+# First fields that mark a CSV's first row as a header rather than a sample.
+_HEADER_FIELDS = {"path", "id", "id_or_path", "file", "filename", "wav", "ytid", "video", "video_path"}
+
+
+def read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """``(line_number, fields)`` of a manifest CSV (quotes honoured, fields stripped), skipping blank
+    lines, ``#`` comments and a header row (first field ``path``, ``id``, ``video_path``, ...)."""
+    rows = []
+    with path.open(newline="") as file:
+        for number, row in enumerate(csv.reader(file, skipinitialspace=True), start=1):
+            fields = [field.strip() for field in row]
+            if not any(fields) or fields[0].startswith("#"):
+                continue
+            if not rows and fields[0].lower() in _HEADER_FIELDS:
+                continue
+            rows.append((number, fields))
+    if not rows:
+        raise ValueError(f"{path}: the manifest lists no samples")
+    return rows
+
+
+def read_audio_manifest(
+    manifest: str | Path, root: str | Path | None = None, extension: str = ".wav"
+) -> list[AudioRecord]:
+    """Read an audio manifest in either form:
+
+    - **CSV** (AudioSet style): one row ``id_or_path,labels`` per clip, where ``labels`` is a quoted,
+      comma-separated list of class mids or names (``clip.wav,"/m/09x0r,/m/04rlf"``); unquoted extra
+      fields are read as more labels. An optional header row (``path,labels`` / ``id,labels``), blank
+      lines and ``#`` comments are skipped.
+    - **JSON** (AudioMAE's ``.json``): ``{"data": [{"wav": path, "labels": "/m/..,/m/.."}, ...]}``.
+
+    A first field with a file extension is a path; one without is an id, read as ``<id><extension>``.
+    Relative paths resolve against ``root`` when given, else the manifest's folder. The key is the path
+    or id as written.
+    """
+    manifest = Path(manifest)
+    base = Path(root) if root is not None else manifest.parent
+    if manifest.suffix.lower() == ".json":
+        try:
+            entries = json.loads(manifest.read_text())["data"]
+            pairs = [(str(entry["wav"]), split_labels(str(entry.get("labels", "")))) for entry in entries]
+        except (KeyError, TypeError, json.JSONDecodeError) as error:
+            raise ValueError(
+                f"{manifest}: not an AudioMAE JSON manifest ({error!r}); expected "
+                '{"data": [{"wav": path, "labels": "/m/..,/m/.."}]}'
+            ) from None
+    else:
+        pairs = [(fields[0], split_labels(",".join(fields[1:]))) for _, fields in read_csv_rows(manifest)]
+    if not pairs:
+        raise ValueError(f"{manifest}: the manifest lists no samples")
+    records = []
+    for written, labels in pairs:
+        relative = written if Path(written).suffix else written + extension
+        records.append(AudioRecord(base / relative, tuple(labels), written))
+    return records
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+
+
+class AudioDataset(SkipBadSamples, Dataset):
+    """Audio clips as AudioMAE fbanks, from a manifest (CSV or JSON, see ``read_audio_manifest``) or a
+    folder ``root/<split>/<class_name>/*.{wav,flac,...}``.
+
+    A sample is ``{"fbank": float [1, target_length, 128], "label": float [num_classes], "key": str}``:
+    ``label`` is multi-hot (manifests) or one-hot (folders), over ``self.classes`` (a ``ClassIndex``):
+    the ``class_index`` CSV when given, else built from the manifest's labels (``ClassIndex.from_labels``)
+    or the class folders. Pass the training set's ``classes`` to the validation set so the two agree.
+
+    Audio is decoded with ``decode_audio`` (mono, resampled to 16 kHz) and turned into features by
+    ``FbankTransform`` (augmentations only when ``train``). A file that is missing, empty (no samples, or
+    less than one 25 ms window) or fails to decode is skipped (warning naming it and the reason,
+    ``self.skipped`` counted) and the next index is returned instead. A silent file is kept: silence is
+    valid audio here (the audio-video clips have a missing-audio policy instead).
+    """
+
+    decode_errors = (OSError, RuntimeError, BadSample, av.FFmpegError, EOFError)
+
+    def __init__(
+        self,
+        manifest: str | Path | None = None,
+        root: str | Path | None = None,
+        split: str = "train",
+        class_index: str | Path | ClassIndex | None = None,
+        train: bool = True,
+        target_length: int = 1024,
+        freqm: int = 48,
+        timem: int = 192,
+        roll: bool = True,
+        norm_mean: float = AUDIOSET_MEAN,
+        norm_std: float = AUDIOSET_STD,
+        transform: FbankTransform | None = None,
+        extension: str = ".wav",
+        sample_rate: int = SAMPLE_RATE,
+        max_retries: int = 10,
+    ) -> None:
+        if manifest is not None:
+            self.records = read_audio_manifest(manifest, root, extension)
+            if isinstance(class_index, ClassIndex):
+                self.classes = class_index
+            elif class_index is not None:
+                self.classes = read_class_index(class_index)
+            else:
+                self.classes = ClassIndex.from_labels(label for r in self.records for label in r.labels)
+            where = str(manifest)
+            self.targets = [
+                resolve_labels(list(r.labels), self.classes, f"{where} ({r.key})") for r in self.records
+            ]
+        elif root is not None:
+            split_dir = Path(root) / split
+            names, files = list_class_files(split_dir, SOUNDFILE_EXTENSIONS)
+            self.classes = (
+                class_index if isinstance(class_index, ClassIndex) else ClassIndex(tuple(names), tuple(names))
+            )
+            self.records = [
+                AudioRecord(path, (names[label],), path.relative_to(split_dir).as_posix())
+                for path, label in files
+            ]
+            self.targets = [(label,) for _, label in files]
+        else:
+            raise ValueError("AudioDataset needs a manifest or a root folder")
+        self.sample_rate = sample_rate
+        self.transform = transform or FbankTransform(
+            target_length, train, freqm, timem, roll, mean=norm_mean, std=norm_std, sample_rate=sample_rate
+        )
+        self._init_skipping(max_retries)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _path_of(self, index: int) -> str:
+        return str(self.records[index].path)
+
+    def _decode(self, index: int) -> torch.Tensor:
+        return decode_audio(self.records[index].path, self.sample_rate)
+
+    def _transform(self, waveform: torch.Tensor, index: int) -> dict:
+        return {
+            "fbank": self.transform(waveform),
+            "label": self.classes.multi_hot(self.targets[index]),
+            "key": self.records[index].key,
+        }

@@ -1,0 +1,472 @@
+"""Audio-video clips for MAViL (Huang et al. 2023): video frames and the audio of the same time span.
+
+One clip is a window ``[t0, t0 + duration)`` of a video: its frames, sampled by rate (MAViL: 2 fps, so 8
+frames over 4 s) or by ``num_frames``/``stride``, and the audio of exactly that window, turned into an
+AudioMAE fbank of ``target_length`` frames (``duration * 100`` by default: 400 for 4 s). The audio comes
+from the video's own track, or from a separate wav/flac that starts with the video.
+
+A sample is::
+
+    {"video": float [3, T, S, S],                 normalised as the video MAE data (ImageNet statistics)
+     "fbank": float [1, target_length, 128],      normalised AudioMAE-style
+     "audio_missing": bool scalar,                True when the audio was replaced by zeros
+     "key": str,
+     "label": float [num_classes]}                multi-hot; only when the source has labels
+
+Missing audio (no audio track, or a track whose peak amplitude is at most ``silence_threshold``) follows
+``missing_audio``: ``"skip"`` drops the clip (skip reason ``no_audio``, ``empty_audio`` or ``silent``), ``"zeros"``
+keeps it with an all-zero normalised ``fbank`` (the dataset mean) and ``audio_missing = True``, so a loss
+can leave it out. A missing or undecodable file is always skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import av
+import decord
+import torch
+from decord._ffi.base import DECORDError
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from unveil.datasets.audio import (
+    AUDIO_EXTENSIONS,
+    AUDIOSET_MEAN,
+    AUDIOSET_STD,
+    FRAMES_PER_SECOND,
+    SAMPLE_RATE,
+    SOUNDFILE_EXTENSIONS,
+    AudioSource,
+    ClassIndex,
+    FbankTransform,
+    read_audio,
+    read_class_index,
+    read_csv_rows,
+    resolve_labels,
+    split_labels,
+    to_mono,
+)
+from unveil.datasets.common import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    VIDEO_EXTENSIONS,
+    SkipBadSamples,
+    list_class_files,
+    plain_tensor,
+)
+from unveil.datasets.skips import BadSample
+from unveil.datasets.video import mae_video_transform, video_eval_transform
+
+MissingAudio = Literal["skip", "zeros"]
+AudioFrom = Literal["auto", "track", "file"]
+
+_EPS = 1e-6  # seconds: absorbs float error when times land exactly on frame boundaries
+
+
+# ------------------------------------------------------------------------------------ window and frames
+
+
+def window_start(length: float, duration: float, video_fps: float, train: bool) -> float:
+    """Start (s) of a ``duration`` window in a video of ``length`` seconds, on a video frame boundary.
+
+    Training: uniform over the frame boundaries where the window fits (torch's global RNG); evaluation:
+    the centred one (rounded down to a frame). A video no longer than the window gives 0.
+    """
+    positions = math.floor((length - duration) * video_fps + _EPS)  # last frame the window may start at
+    if positions <= 0:
+        return 0.0
+    frame = int(torch.randint(0, positions + 1, ()).item()) if train else positions // 2
+    return frame / video_fps
+
+
+def window_frame_indices(
+    start: float,
+    duration: float,
+    video_fps: float,
+    num_video_frames: int,
+    num_frames: int,
+    fps: float | None = None,
+    stride: int | None = None,
+) -> torch.Tensor:
+    """Indices (int64 [num_frames]) of the video frames of the window ``[start, start + duration)``.
+
+    By rate (``fps``): the frames shown at ``start + i / fps``. By stride: ``num_frames`` frames
+    ``stride`` apart from the window's first frame. Indices past the window's (or the video's) last frame
+    are clamped to it, so a short video repeats its last frame.
+    """
+    if (fps is None) == (stride is None):
+        raise ValueError("give exactly one of fps (sample by rate) and stride (sample by frames)")
+    first = math.ceil(start * video_fps - _EPS)
+    last = min(num_video_frames, math.ceil((start + duration) * video_fps - _EPS)) - 1
+    if fps is not None:
+        times = start + torch.arange(num_frames, dtype=torch.float64) / fps
+        indices = torch.floor(times * video_fps + _EPS).to(torch.int64)
+    else:
+        indices = first + torch.arange(num_frames, dtype=torch.int64) * stride
+    return indices.clamp_(min=0, max=max(last, 0))
+
+
+def crop_waveform(waveform: torch.Tensor, first_sample: int, num_samples: int) -> torch.Tensor:
+    """``waveform[:, first_sample : first_sample + num_samples]`` [1, num_samples], zero where the
+    range falls outside the waveform (before its start or past its end)."""
+    out = waveform.new_zeros(waveform.shape[0], num_samples)
+    low, high = max(first_sample, 0), min(first_sample + num_samples, waveform.shape[-1])
+    if high > low:
+        out[:, low - first_sample : high - first_sample] = waveform[:, low:high]
+    return out
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class AVClip:
+    """The decoded content of one window: ``frames`` uint8 [T, H, W, 3], ``waveform`` float32 [1, N]
+    (mono, N = duration * sample_rate), the window ``start`` (s), the ``frame_indices`` int64 [T] taken,
+    and ``audio_missing`` (the waveform is zeros standing in for no or silent audio)."""
+
+    frames: torch.Tensor
+    waveform: torch.Tensor
+    start: float
+    frame_indices: torch.Tensor
+    audio_missing: bool
+
+
+def _video_reader(video: AudioSource) -> decord.VideoReader:
+    if isinstance(video, (bytes, bytearray, memoryview)):
+        return decord.VideoReader(io.BytesIO(bytes(video)), ctx=decord.cpu(0), num_threads=1)
+    if isinstance(video, (str, Path)):
+        if not Path(video).is_file():
+            raise FileNotFoundError(f"no such file: {str(video)!r}")
+        return decord.VideoReader(str(video), ctx=decord.cpu(0), num_threads=1)
+    return decord.VideoReader(video, ctx=decord.cpu(0), num_threads=1)
+
+
+def load_av_clip(
+    video: AudioSource,
+    audio: AudioSource | None = None,
+    *,
+    duration: float = 4.0,
+    fps: float | None = 2.0,
+    num_frames: int | None = None,
+    stride: int | None = None,
+    train: bool = True,
+    start: float | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    missing_audio: MissingAudio = "skip",
+    silence_threshold: float = 1e-4,
+    allow_short: bool = False,
+) -> AVClip:
+    """Decode one clip: the frames and the audio of the window ``[t0, t0 + duration)``.
+
+    Args:
+        video: the video (path, bytes or binary file object), decoded with decord.
+        audio: a separate wav/flac (or any ``read_audio`` source) that starts with the video; None reads
+            the video's own audio track with PyAV (its start offset from the first video frame honoured).
+        duration: window length in seconds.
+        fps: sample frames by rate; ``num_frames`` defaults to ``round(duration * fps)``.
+        num_frames, stride: sample ``num_frames`` frames ``stride`` apart instead (set ``fps=None``).
+        train: random window start (on a frame boundary), else the centred one (``window_start``).
+        start: force the window start (s), e.g. for tests or evaluation views.
+        sample_rate: rate of the returned waveform.
+        missing_audio: no audio track, or peak amplitude of the whole track <= ``silence_threshold``:
+            ``"skip"`` raises ``BadSample`` (``no_audio`` / ``empty_audio`` / ``silent``), ``"zeros"`` returns a
+            zero waveform with ``audio_missing=True``.
+        allow_short: a video shorter than the window (by more than one frame) raises
+            ``BadSample("short_clip")`` unless this is True; then the window starts at 0, the last frame
+            repeats and the audio is zero-padded.
+
+    Raises ``FileNotFoundError``, ``BadSample`` and the decoders' errors (``DECORDError``,
+    ``av.FFmpegError``, ``soundfile.LibsndfileError``) for bad files.
+    """
+    if missing_audio not in ("skip", "zeros"):
+        raise ValueError(f"missing_audio must be 'skip' or 'zeros', got {missing_audio!r}")
+    if num_frames is None:
+        if fps is None:
+            raise ValueError("sampling by stride needs num_frames")
+        num_frames = max(1, round(duration * fps))
+    reader = _video_reader(video)
+    num_video_frames, video_fps = len(reader), float(reader.get_avg_fps())
+    length = num_video_frames / video_fps
+    if length + 1 / video_fps < duration - _EPS and not allow_short:
+        raise BadSample("short_clip", f"the video lasts {length:.3f} s, the window {duration:.3f} s")
+
+    # Audio first: a clip skipped for its audio costs no frame decoding.
+    audio_missing = False
+    try:
+        raw = read_audio(video if audio is None else audio)
+    except BadSample as error:
+        if error.skip_reason not in ("no_audio", "empty_audio") or missing_audio == "skip":
+            raise
+        audio_missing = True
+    else:
+        peak = float(abs(raw.samples).max())
+        if peak <= silence_threshold:
+            if missing_audio == "skip":
+                raise BadSample("silent", f"peak amplitude {peak:.3g} <= {silence_threshold:.3g}")
+            audio_missing = True
+
+    if start is None:
+        start = window_start(length, duration, video_fps, train)
+    else:
+        start = min(max(start, 0.0), max(length - duration, 0.0))
+    num_samples = round(duration * sample_rate)
+    if audio_missing:
+        waveform = torch.zeros(1, num_samples)
+    else:
+        waveform = crop_waveform(
+            to_mono(raw, sample_rate), round((start - raw.start) * sample_rate), num_samples
+        )  # [1, num_samples]
+
+    indices = window_frame_indices(start, duration, video_fps, num_video_frames, num_frames, fps, stride)
+    unique, position = torch.unique(indices, return_inverse=True)  # decode each frame once, in order
+    frames = torch.from_numpy(reader.get_batch(unique.tolist()).asnumpy())[position]  # [T, H, W, 3]
+    return AVClip(frames, waveform, start, indices, audio_missing)
+
+
+class AudioVideoPipeline:
+    """Decode, sample and augment one audio-video clip from paths or bytes into a sample dict (without
+    ``key``/``label``): ``{"video": [3, T, S, S], "fbank": [1, target_length, 128], "audio_missing"}``.
+
+    The folder/CSV dataset and the shard reader both call it. Clip arguments are ``load_av_clip``'s;
+    video augmentation is ``mae_video_transform`` in training (one crop and flip for all frames) and
+    ``video_eval_transform`` otherwise; audio features are ``FbankTransform`` (``freqm``/``timem``/
+    ``roll`` only in training; ``roll`` is off by default because shifting the audio breaks its alignment
+    with the frames).
+    """
+
+    def __init__(
+        self,
+        duration: float = 4.0,
+        fps: float | None = 2.0,
+        num_frames: int | None = None,
+        stride: int | None = None,
+        train: bool = True,
+        input_size: int = 224,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        hflip: float = 0.5,
+        target_length: int | None = None,
+        freqm: int = 0,
+        timem: int = 0,
+        roll: bool = False,
+        norm_mean: float = AUDIOSET_MEAN,
+        norm_std: float = AUDIOSET_STD,
+        missing_audio: MissingAudio = "skip",
+        silence_threshold: float = 1e-4,
+        allow_short: bool = False,
+        sample_rate: int = SAMPLE_RATE,
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        video_transform: Callable[[tv_tensors.Video], torch.Tensor] | None = None,
+        fbank_transform: FbankTransform | None = None,
+    ) -> None:
+        if duration <= 0:
+            raise ValueError(f"duration must be > 0, got {duration}")
+        if (fps is None) == (stride is None):
+            raise ValueError("give exactly one of fps (sample by rate) and stride (sample by frames)")
+        if fps is not None and fps <= 0 or stride is not None and stride < 1:
+            raise ValueError(f"need fps > 0 or stride >= 1, got fps={fps}, stride={stride}")
+        if num_frames is None:
+            if fps is None:
+                raise ValueError("sampling by stride needs num_frames")
+            num_frames = max(1, round(duration * fps))
+        if num_frames < 1 or fps is not None and (num_frames - 1) / fps >= duration:
+            raise ValueError(f"{num_frames} frames at {fps} fps do not fit in a {duration} s window")
+        if missing_audio not in ("skip", "zeros"):
+            raise ValueError(f"missing_audio must be 'skip' or 'zeros', got {missing_audio!r}")
+        self.duration, self.fps, self.num_frames, self.stride = duration, fps, num_frames, stride
+        self.train, self.missing_audio, self.silence_threshold = train, missing_audio, silence_threshold
+        self.allow_short, self.sample_rate = allow_short, sample_rate
+        if target_length is None:
+            target_length = round(duration * FRAMES_PER_SECOND)
+        self.target_length = target_length
+        if video_transform is None:
+            video_transform = (
+                mae_video_transform(input_size, crop_scale, hflip, mean, std)
+                if train
+                else video_eval_transform(input_size, mean, std)
+            )
+        self.video_transform = video_transform
+        self.fbank_transform = fbank_transform or FbankTransform(
+            target_length, train, freqm, timem, roll, mean=norm_mean, std=norm_std, sample_rate=sample_rate
+        )
+
+    def load(
+        self, video: AudioSource, audio: AudioSource | None = None, start: float | None = None
+    ) -> AVClip:
+        """The decoded clip (``load_av_clip`` with this pipeline's arguments)."""
+        return load_av_clip(
+            video,
+            audio,
+            duration=self.duration,
+            fps=self.fps,
+            num_frames=self.num_frames,
+            stride=self.stride,
+            train=self.train,
+            start=start,
+            sample_rate=self.sample_rate,
+            missing_audio=self.missing_audio,
+            silence_threshold=self.silence_threshold,
+            allow_short=self.allow_short,
+        )
+
+    def to_sample(self, clip: AVClip) -> dict:
+        """Augment a decoded clip into ``{"video", "fbank", "audio_missing"}``."""
+        video = self.video_transform(tv_tensors.Video(clip.frames.permute(0, 3, 1, 2)))  # [T, 3, S, S]
+        if clip.audio_missing:
+            fbank = torch.zeros(1, self.fbank_transform.target_length, self.fbank_transform.num_mel_bins)
+        else:
+            fbank = self.fbank_transform(clip.waveform)  # [1, L, mel]
+        return {
+            "video": plain_tensor(video).permute(1, 0, 2, 3),  # [3, T, S, S], Hiera's layout
+            "fbank": fbank,
+            "audio_missing": torch.tensor(clip.audio_missing),
+        }
+
+    def __call__(self, video: AudioSource, audio: AudioSource | None = None) -> dict:
+        return self.to_sample(self.load(video, audio))
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class AVRecord:
+    """One clip of a dataset: its video, its separate audio file (or None: the video's track), its label
+    strings and its key (the video path as written, or relative to the split folder)."""
+
+    video: Path
+    audio: Path | None
+    labels: tuple[str, ...]
+    key: str
+
+
+def read_av_manifest(csv: str | Path, root: str | Path | None = None) -> list[AVRecord]:
+    """Parse an audio-video manifest: one header-less row per clip,
+
+    ``video_path[,audio_path][,labels...]``
+
+    - ``audio_path`` is the second field when its extension is an audio one (``.wav``, ``.flac``, ...);
+      without it the clip's audio is the video's own track.
+    - ``labels`` is the rest of the row: one class (integer index, mid or name), or several, either
+      quoted (``"/m/a,/m/b"``) or as separate fields. It may be empty.
+
+    So a Kinetics-style ``path,label`` manifest is read as is. Blank lines, ``#`` comments and a header
+    row (first field ``video_path``/``video``/``path``) are skipped. Relative paths resolve against
+    ``root`` when given, else the CSV's folder. The key is the video path as written.
+    """
+    csv = Path(csv)
+    base = Path(root) if root is not None else csv.parent
+    records = []
+    for number, fields in read_csv_rows(csv):
+        if Path(fields[0]).suffix.lower() in AUDIO_EXTENSIONS:
+            raise ValueError(f"{csv}:{number}: the first field must be the video, got {fields[0]!r}")
+        audio = None
+        rest = fields[1:]
+        if rest and Path(rest[0]).suffix.lower() in AUDIO_EXTENSIONS:
+            audio, rest = base / rest[0], rest[1:]
+        records.append(AVRecord(base / fields[0], audio, tuple(split_labels(",".join(rest))), fields[0]))
+    return records
+
+
+def _companion_audio(video: Path) -> Path | None:
+    """The wav/flac next to ``video`` with the same stem, if there is one."""
+    for extension in SOUNDFILE_EXTENSIONS:
+        candidate = video.with_suffix(extension)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class AudioVideoDataset(SkipBadSamples, Dataset):
+    """Audio-video clips from a CSV manifest (``read_av_manifest``) or a Kinetics-layout folder
+    ``root/<split>/<class_name>/*.mp4`` (one class per clip).
+
+    Audio (``audio_from``): ``"auto"`` takes the separate file (the CSV's ``audio_path`` column, or in a
+    folder the wav/flac with the video's stem) when there is one, else the video's track; ``"track"``
+    always the video's track; ``"file"`` always the separate file (a clip without one is skipped as
+    ``missing``).
+
+    Labels are multi-hot float [num_classes] over ``self.classes`` (``class_index`` CSV when given, else
+    built from the manifest's labels, or the class folders); a manifest without labels gives samples
+    without ``label``. Sampling, augmentation and the missing-audio policy are the ``pipeline``'s
+    (``AudioVideoPipeline``; default: its defaults, training). Bad files are skipped and counted in
+    ``self.skipped``, with the reason in the warning.
+    """
+
+    decode_errors = (OSError, RuntimeError, BadSample, DECORDError, av.FFmpegError, EOFError)
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        split: str = "train",
+        csv: str | Path | None = None,
+        class_index: str | Path | ClassIndex | None = None,
+        audio_from: AudioFrom = "auto",
+        pipeline: AudioVideoPipeline | None = None,
+        max_retries: int = 10,
+    ) -> None:
+        if audio_from not in ("auto", "track", "file"):
+            raise ValueError(f"audio_from must be 'auto', 'track' or 'file', got {audio_from!r}")
+        if csv is not None:
+            self.records = read_av_manifest(csv, root)
+            where = str(csv)
+        elif root is not None:
+            split_dir = Path(root) / split
+            names, files = list_class_files(split_dir, VIDEO_EXTENSIONS)
+            self.records = [
+                AVRecord(
+                    path,
+                    _companion_audio(path) if audio_from != "track" else None,
+                    (names[label],),
+                    path.relative_to(split_dir).as_posix(),
+                )
+                for path, label in files
+            ]
+            where = str(split_dir)
+            if class_index is None:
+                class_index = ClassIndex(tuple(names), tuple(names))
+        else:
+            raise ValueError("AudioVideoDataset needs a root folder or a csv manifest")
+        if isinstance(class_index, ClassIndex):
+            self.classes = class_index
+        elif class_index is not None:
+            self.classes = read_class_index(class_index)
+        else:
+            self.classes = ClassIndex.from_labels(label for r in self.records for label in r.labels)
+        self.has_labels = any(r.labels for r in self.records)
+        self.targets = [
+            resolve_labels(list(r.labels), self.classes, f"{where} ({r.key})") for r in self.records
+        ]
+        self.audio_from = audio_from
+        self.pipeline = pipeline or AudioVideoPipeline()
+        self._init_skipping(max_retries)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _path_of(self, index: int) -> str:
+        return str(self.records[index].video)
+
+    def _decode(self, index: int) -> AVClip:
+        record = self.records[index]
+        audio = None if self.audio_from == "track" else record.audio
+        if self.audio_from == "file" and audio is None:
+            raise FileNotFoundError(f"no separate audio file for {str(record.video)!r}")
+        return self.pipeline.load(record.video, audio)
+
+    def _transform(self, clip: AVClip, index: int) -> dict:
+        sample = self.pipeline.to_sample(clip)
+        sample["key"] = self.records[index].key
+        if self.has_labels:
+            sample["label"] = self.classes.multi_hot(self.targets[index])
+        return sample
