@@ -47,3 +47,13 @@ from .convert import (  # noqa: F401
     convert_state_dict,
     detect_format,
 )
+from .mavil import (  # noqa: F401
+    MAViL,
+    MAViLMasks,
+    MAViLOutput,
+    create_timm_encoder,
+    mavil_encoder_to_timm,
+    mavil_vit_base_patch16,
+    mavil_vit_large_patch16,
+    mavil_vit_small_patch16,
+)

@@ -324,6 +324,14 @@ class Hiera(nn.Module):
                 f"input_size {tuple(input_size)}: q_stride, mask_unit_size, patch_kernel and patch_stride "
                 f"must all have {dims} entries"
             )
+        tokens = [i // s for i, s in zip(input_size, patch_stride)]
+        if any(t % m for t, m in zip(tokens, mask_unit_size)):
+            raise ValueError(
+                f"input_size {tuple(input_size)} gives a token grid {tuple(tokens)} that is not a multiple of "
+                f"mask_unit_size {tuple(mask_unit_size)}"
+            )
+        if any(m % s**q_pool for m, s in zip(mask_unit_size, q_stride)):
+            raise ValueError(f"mask_unit_size {tuple(mask_unit_size)} does not divide by q_stride**q_pool")
         if sep_pos_embed and abs_win_pos_embed:
             raise ValueError("sep_pos_embed and abs_win_pos_embed are exclusive")
         self.input_size = tuple(input_size)
@@ -358,7 +366,7 @@ class Hiera(nn.Module):
         self.stage_ends = [sum(stages[: i + 1]) - 1 for i in range(len(stages))]
         q_pool_blocks = [end + 1 for end in self.stage_ends[:q_pool]]
         depth = sum(stages)
-        drop_rates = [r.item() for r in torch.linspace(0, drop_path_rate, depth)]
+        drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # plain floats: meta-device safe
         flat_q_stride = math.prod(q_stride)
         window = self.mu_size
         stage = 0

@@ -1,0 +1,118 @@
+"""Contrastive pieces: InfoNCE with negatives from every DDP rank, and retrieval recall.
+
+Gathering: every rank all-gathers the embeddings of all ranks (``torch.distributed.all_gather``, no autograd)
+and puts its own tensor back into its slice, so gradients flow to the local embeddings only. Every rank then
+computes the same loss over the whole global batch. Its gradient with respect to the local embeddings is
+exact; DDP then averages parameter gradients over ranks, which would divide the contrastive gradient by the
+world size (each rank holds only its own share of it). :func:`symmetric_info_nce` therefore multiplies the
+gradient, not the value, by the world size: training on N ranks follows the same gradient as one process on
+the same global batch (tested in ``tests/test_mavil_ddp.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+__all__ = [
+    "distributed_world",
+    "gather_with_local_grad",
+    "retrieval_recall",
+    "scale_gradient",
+    "symmetric_info_nce",
+]
+
+
+def distributed_world() -> tuple[int, int]:
+    """``(world_size, rank)`` of the default process group, ``(1, 0)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def gather_with_local_grad(x: torch.Tensor) -> torch.Tensor:
+    """[B_r, ...] on rank r → [sum_r B_r, ...], rank-ordered; the local slice is ``x`` itself (gradients flow
+    into it), the other ranks' slices are constants. Ranks may hold different batch sizes."""
+    world, rank = distributed_world()
+    if world == 1:
+        return x
+    sizes = torch.zeros(world, dtype=torch.long, device=x.device)
+    size = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    dist.all_gather_into_tensor(sizes, size)
+    largest = int(sizes.max())
+    padded = x.detach()
+    if x.shape[0] < largest:  # all_gather needs equal shapes: pad, then trim
+        padded = torch.cat([padded, padded.new_zeros(largest - x.shape[0], *x.shape[1:])])
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    parts = [part[: int(n)] for part, n in zip(parts, sizes.tolist())]
+    parts[rank] = x
+    return torch.cat(parts)
+
+
+def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` unchanged in value, its gradient multiplied by ``factor``."""
+    if factor == 1:
+        return x
+    return x * factor - x.detach() * (factor - 1)
+
+
+def symmetric_info_nce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    temperature: float,
+    valid: torch.Tensor | None = None,
+    gather: bool = True,
+) -> torch.Tensor:
+    """Symmetric InfoNCE between paired embeddings ``a`` [B, E] and ``b`` [B, E] (row i of each is a pair).
+
+    Cosine similarities over ``temperature``; the loss is the mean of the a→b and b→a cross-entropies, each
+    averaged over the global batch. With ``gather`` the negatives come from every DDP rank
+    (:func:`gather_with_local_grad`) and the result is the loss of the whole global batch, the same on every
+    rank. ``valid`` [B] bool leaves pairs out as queries (e.g. clips without audio) while they stay in as
+    negatives; with no valid pair the loss is 0 (still connected to the graph).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    a = F.normalize(a.float(), dim=-1)
+    b = F.normalize(b.float(), dim=-1)
+    world = distributed_world()[0] if gather else 1
+    if world > 1:
+        a, b = gather_with_local_grad(a), gather_with_local_grad(b)
+        if valid is not None:
+            valid = gather_with_local_grad(valid.float()) > 0.5  # gloo gathers no bool tensors
+    logits = a @ b.T / temperature  # [G, G]: row i = query a_i against every b
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    per_pair = 0.5 * (
+        F.cross_entropy(logits, targets, reduction="none") + F.cross_entropy(logits.T, targets, reduction="none")
+    )
+    if valid is None:
+        loss = per_pair.mean()
+    else:
+        weight = valid.float()
+        loss = (per_pair * weight).sum() / weight.sum().clamp_min(1.0)
+    return scale_gradient(loss, world)
+
+
+@torch.no_grad()
+def retrieval_recall(
+    query: torch.Tensor, keys: torch.Tensor, ks: Sequence[int] = (1, 5), chunk_size: int = 4096
+) -> dict[int, float]:
+    """Recall@k of retrieving ``keys[i]`` for ``query[i]`` by cosine similarity, over all N keys.
+
+    The rank of the true key is the number of keys scoring strictly higher (ties count in its favour).
+    """
+    if query.shape[0] != keys.shape[0]:
+        raise ValueError(f"need paired queries and keys, got {query.shape[0]} and {keys.shape[0]}")
+    query, keys = F.normalize(query.float(), dim=-1), F.normalize(keys.float(), dim=-1)
+    ranks = []
+    for start in range(0, query.shape[0], chunk_size):  # [chunk, N] at a time: AudioSet's eval set has 20k clips
+        sim = query[start : start + chunk_size] @ keys.T
+        rows = torch.arange(sim.shape[0], device=sim.device)
+        true = sim[rows, start + rows].unsqueeze(1)  # from the same product, so no rounding mismatch
+        ranks.append((sim > true).sum(dim=1))  # 0 = first
+    rank = torch.cat(ranks)
+    return {k: float((rank < k).float().mean()) for k in ks}

@@ -1,0 +1,321 @@
+"""MAE pretraining of Hiera, for images and video: the training logic around ``MaskedAutoencoderHiera``.
+
+The model (``unveil.models``) holds the math: masking, encoder, decoder, loss and the reconstruction pictures.
+This module holds what training adds: the optimiser (AdamW, the linear lr scaling rule, no weight decay on
+norms, biases and position embeddings), a per-step warmup + cosine schedule, logging, and pictures of
+reconstructions of a fixed set of samples with a fixed mask, so that pictures from different steps compare.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities import rank_zero_info
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import default_collate
+from unveil.models import MaskedAutoencoderHiera
+from unveil.pretrain.optim import scaled_lr, warmup_cosine_scheduler, weight_decay_param_groups
+from unveil.pretrain.visualize import reconstruction_grid, save_grid, send_to_loggers
+
+INPUT_KEYS: tuple[str, ...] = ("video", "image")
+"""Batch keys the module reads its input from, in order of preference, when ``input_key`` is not set."""
+
+
+@contextmanager
+def seeded_rng(seed: int, device: torch.device):
+    """Run the block with the global RNGs (CPU, and ``device`` if CUDA) seeded, restoring them afterwards.
+
+    Used so that validation masks and picture masks are the same at every step without disturbing training.
+    """
+    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class MAEPretrainModule(pl.LightningModule):
+    """Masked-autoencoder pretraining of a ``MaskedAutoencoderHiera`` on image or video batches.
+
+    Args:
+        model: the masked autoencoder (a recipe builds it with ``class_path``/``init_args``).
+        base_lr: learning rate per 256 samples; the optimiser gets ``base_lr * effective_batch / 256``, where
+            ``effective_batch = batch_size * devices * num_nodes * accumulate_grad_batches`` (for video,
+            ``batch_size`` counts videos; each gives ``repeated_sampling`` clips, as in MAE-ST).
+        lr: absolute learning rate; when set, ``base_lr`` and the scaling rule are ignored.
+        weight_decay: AdamW weight decay (not applied to 1-D parameters and ``model.no_weight_decay()``).
+        betas: AdamW betas.
+        warmup_epochs: linear warmup length in epochs (may be fractional); converted to optimiser steps.
+        warmup_steps: warmup length in optimiser steps; overrides ``warmup_epochs`` when set.
+        min_lr: learning rate at the end of the cosine decay (the end of ``trainer.estimated_stepping_batches``).
+        input_key: batch key of the input (``"image"`` or ``"video"``); detected from the batch when None.
+        log_images_every_n_steps: save and log a reconstruction grid every this many optimiser steps (also
+            before the first step and at the end of training); 0 turns pictures off.
+        num_vis_samples: samples (grid rows) in a picture; taken from the validation set if there is one,
+            otherwise from the first training batch.
+        vis_frames: for video, frames shown per sample (one row each).
+        vis_seed: seed of the fixed picture mask and of validation masks.
+        display_mean: channel mean to undo for display; default: the datamodule's ``mean``, else ImageNet's.
+        display_std: channel std to undo for display; default: the datamodule's ``std``, else ImageNet's.
+    """
+
+    def __init__(
+        self,
+        model: MaskedAutoencoderHiera,
+        base_lr: float = 8e-4,
+        lr: float | None = None,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 40.0,
+        warmup_steps: int | None = None,
+        min_lr: float = 0.0,
+        input_key: str | None = None,
+        log_images_every_n_steps: int = 500,
+        num_vis_samples: int = 4,
+        vis_frames: int = 4,
+        vis_seed: int = 0,
+        display_mean: tuple[float, float, float] | None = None,
+        display_std: tuple[float, float, float] | None = None,
+    ):
+        super().__init__()
+        if input_key is not None and input_key not in INPUT_KEYS:
+            raise ValueError(f"input_key must be one of {INPUT_KEYS} or None, got {input_key!r}")
+        if warmup_epochs < 0 or (warmup_steps is not None and warmup_steps < 0):
+            raise ValueError("warmup_epochs and warmup_steps must be >= 0")
+        if log_images_every_n_steps < 0:
+            raise ValueError(f"log_images_every_n_steps must be >= 0, got {log_images_every_n_steps}")
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.base_lr = base_lr
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.warmup_epochs = warmup_epochs
+        self.warmup_steps = warmup_steps
+        self.min_lr = min_lr
+        self.input_key = input_key
+        self.log_images_every_n_steps = log_images_every_n_steps
+        self.num_vis_samples = num_vis_samples
+        self.vis_frames = vis_frames
+        self.vis_seed = vis_seed
+        self.display_mean = display_mean
+        self.display_std = display_std
+
+        # Filled in at fit time.
+        self.effective_batch_size: int | None = None
+        self.peak_lr: float | None = None
+        self._step_timer: float | None = None
+        self._vis_dir: Path | None = None
+        self._vis_input: torch.Tensor | None = None
+        self._vis_mask: torch.Tensor | None = None
+        self._last_vis_step: int | None = None
+
+    # ------------------------------------------------------------------------------------------- steps
+
+    def forward(self, x: torch.Tensor, mask_ratio: float | None = None, mask: torch.Tensor | None = None):
+        return self.model(x, mask_ratio=mask_ratio, mask=mask)
+
+    def get_input(self, batch: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        """The model input of ``batch``: ``batch[input_key]``, or the first of ``INPUT_KEYS`` it has."""
+        if isinstance(batch, torch.Tensor):
+            return batch
+        if self.input_key is not None:
+            return batch[self.input_key]
+        for key in INPUT_KEYS:
+            if key in batch:
+                return batch[key]
+        raise KeyError(f"batch has none of the input keys {INPUT_KEYS}; its keys: {sorted(batch)}")
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = self.get_input(batch)
+        if self._pictures_enabled() and self._vis_input is None:
+            self._init_pictures(x)
+        out = self.model(x)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=x.shape[0])
+        self.log("train/lr", self._current_lr(), prog_bar=False, batch_size=x.shape[0])
+        now = time.perf_counter()
+        if self._step_timer is not None and now > self._step_timer:
+            samples = x.shape[0] * self.trainer.world_size
+            self.log("train/samples_per_sec", samples / (now - self._step_timer), batch_size=x.shape[0])
+        self._step_timer = now
+        return out.loss
+
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, batch_idx, "test")
+
+    def _eval_step(self, batch, batch_idx: int, stage: str) -> torch.Tensor:
+        x = self.get_input(batch)
+        # The same masks at every evaluation, so that the loss curve compares like with like.
+        with seeded_rng(self.vis_seed + batch_idx, x.device):
+            loss = self.model(x).loss
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
+        return loss
+
+    def _current_lr(self) -> float:
+        optimizer = self.optimizers()
+        return float(optimizer.param_groups[0]["lr"])
+
+    # ---------------------------------------------------------------------------------------- optimiser
+
+    def _per_device_batch_size(self) -> int:
+        """Samples per device per step: the datamodule's ``batch_size``.
+
+        For video with repeated sampling this counts decoded videos, not clips, as MAE-ST's scaling rule does
+        (facebookresearch/mae_st ``main_pretrain.py``: ``eff_batch_size = batch_size * accum_iter * world``).
+        """
+        datamodule = getattr(self.trainer, "datamodule", None)
+        size = getattr(datamodule, "batch_size", None)
+        if size is None and datamodule is not None:
+            size = getattr(datamodule, "hparams", {}).get("batch_size")
+        if size is None:
+            loader = self.trainer.train_dataloader
+            size = getattr(loader, "batch_size", None)
+        if size is None:
+            raise ValueError(
+                "cannot find the per-device batch size (no datamodule.batch_size, no dataloader.batch_size); "
+                "set model.init_args.lr to an absolute learning rate"
+            )
+        return int(size)
+
+    def _steps_per_epoch(self) -> float:
+        batches = self.trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise ValueError(
+                "the training data has no length, so warmup_epochs cannot be turned into steps; "
+                "set model.init_args.warmup_steps"
+            )
+        return math.ceil(batches / self.trainer.accumulate_grad_batches)
+
+    def configure_optimizers(self):
+        total_steps = self.trainer.estimated_stepping_batches
+        if self.trainer.train_dataloader is None:
+            # With max_epochs=-1 Lightning has not loaded the data yet; batch sizes and epoch lengths need it.
+            self.trainer.fit_loop.setup_data()
+        if self.lr is not None:
+            lr = self.lr
+            rank_zero_info(f"MAE pretraining: lr = {lr:.3g} (absolute, from lr)")
+        else:
+            trainer = self.trainer
+            self.effective_batch_size = (
+                self._per_device_batch_size() * trainer.num_devices * trainer.num_nodes
+                * trainer.accumulate_grad_batches
+            )
+            lr = scaled_lr(self.base_lr, self.effective_batch_size)
+            rank_zero_info(
+                f"MAE pretraining: lr = base_lr {self.base_lr:.3g} x effective batch "
+                f"{self.effective_batch_size} / 256 = {lr:.3g}"
+            )
+        self.peak_lr = lr
+        if self.warmup_steps is not None:
+            warmup = self.warmup_steps
+        else:
+            warmup = round(self.warmup_epochs * self._steps_per_epoch()) if self.warmup_epochs else 0
+        if math.isfinite(total_steps):
+            warmup = min(warmup, int(total_steps))
+        groups = weight_decay_param_groups(self.model, self.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.betas)
+        scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup, self.min_lr)
+        rank_zero_info(f"MAE pretraining: {int(total_steps)} optimiser steps, {warmup} of warmup")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        # timm schedulers are driven by the number of optimiser steps taken so far.
+        scheduler.step_update(num_updates=self.global_step)
+
+    # ----------------------------------------------------------------------------------------- pictures
+
+    def _pictures_enabled(self) -> bool:
+        return self.log_images_every_n_steps > 0 and self._trainer is not None
+
+    def on_train_start(self) -> None:
+        if not self.log_images_every_n_steps:
+            return
+        # trainer.log_dir broadcasts, so every rank asks for it; only rank 0 draws.
+        run_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        self._vis_dir = Path(run_dir) / "reconstructions"
+        self._step_timer = None
+
+    def _vis_samples_from_val(self) -> torch.Tensor | None:
+        """``num_vis_samples`` validation inputs spread over the validation set, or None if there is none."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return None
+        try:
+            dataset = datamodule.val_dataloader().dataset
+            size = len(dataset)
+        except (AttributeError, TypeError, NotImplementedError, MisconfigurationException):
+            return None  # no validation split (or one without a length): pictures use training samples
+        if size == 0:
+            return None
+        count = min(self.num_vis_samples, size)
+        indices = torch.linspace(0, size - 1, count).round().long().tolist()
+        return default_collate([self.get_input(dataset[i]) for i in indices])
+
+    def _init_pictures(self, train_input: torch.Tensor) -> None:
+        """Fix the picture samples and mask, and draw the picture of the untrained model (step 0)."""
+        samples = self._vis_samples_from_val() if self.trainer.is_global_zero else None
+        if samples is None:
+            samples = train_input[: self.num_vis_samples]
+        self._vis_input = samples.detach().to(self.device)
+        if self.global_step == 0:
+            self.log_reconstructions()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        step = self.global_step
+        if self._pictures_enabled() and step > 0 and step % self.log_images_every_n_steps == 0:
+            self.log_reconstructions()
+
+    def on_train_end(self) -> None:
+        if self._pictures_enabled() and self._vis_input is not None:
+            self.log_reconstructions()
+
+    def _display_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        mean = self.display_mean or getattr(datamodule, "mean", None) or IMAGENET_DEFAULT_MEAN
+        std = self.display_std or getattr(datamodule, "std", None) or IMAGENET_DEFAULT_STD
+        return tuple(mean), tuple(std)
+
+    @torch.no_grad()
+    def reconstruction_picture(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction grid [3, H, W] in [0, 1] of ``x`` under the fixed picture mask."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if self._vis_mask is None:
+                with seeded_rng(self.vis_seed, x.device):
+                    out = self.model(x)
+                self._vis_mask = out.mask
+            else:
+                out = self.model(x, mask=self._vis_mask)
+            images = self.model.reconstruction_images(x, out)
+        finally:
+            self.model.train(was_training)
+        mean, std = self._display_stats()
+        return reconstruction_grid(images, mean, std, max_frames=self.vis_frames)
+
+    def log_reconstructions(self) -> Path | None:
+        """Draw the fixed samples' reconstructions; save ``reconstructions/step_XXXXXX.png`` and log them.
+
+        Only global rank 0 draws; returns the PNG's path there (None elsewhere, or if already drawn).
+        """
+        step = self.global_step
+        if self._vis_input is None or step == self._last_vis_step:
+            return None
+        self._last_vis_step = step
+        if not self.trainer.is_global_zero:
+            return None
+        grid = self.reconstruction_picture(self._vis_input.to(self.device))
+        vis_dir = self._vis_dir or Path(self.trainer.default_root_dir) / "reconstructions"
+        path = save_grid(grid, vis_dir / f"step_{step:06d}.png")
+        send_to_loggers(self.trainer.loggers, "reconstructions", grid, step)
+        return path

@@ -1,0 +1,631 @@
+"""MAViL pretraining (Huang et al., NeurIPS 2023): the training logic around ``unveil.models.MAViL``.
+
+Stage 1, :class:`MAViLPretrainModule`, trains from scratch with
+
+- masked reconstruction of audio and video (per-patch normalised MSE on the hidden patches),
+- inter-modal contrast: symmetric InfoNCE between the audio and video clip embeddings of the masked inputs,
+- intra-modal contrast: symmetric InfoNCE between two masked views of the same modality (audio-audio and
+  video-video),
+
+with negatives from every DDP rank (``unveil.pretrain.contrastive``).
+
+Stage 2, :class:`MAViLSelfTrainModule`, trains a new student to reconstruct, at its hidden positions, the
+contextualised features of a frozen stage-1 teacher: the teacher's fusion-encoder outputs on the unmasked
+inputs (averaged over ``target_layers``, normalised by a LayerNorm without parameters). The teacher comes from
+``teacher_checkpoint`` (a stage-1 Lightning ``.ckpt`` or a plain state dict), is read with
+``torch.load(weights_only=True)`` when the module is built, so that a wrong path or a mismatched checkpoint
+stops the run before training, and stays out of the optimiser and out of the module's ``state_dict``.
+
+Both stages log every loss term, and audio→video / video→audio retrieval recall on the validation split
+(clip embeddings of the unmasked inputs). Stage 1 also draws the spectrogram and video-frame reconstructions
+of a fixed set of samples under fixed masks (logger + ``reconstructions/*.png`` in the run folder).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import default_collate
+from torchvision.utils import make_grid
+
+from unveil.models.mavil import MAViL, MAViLMasks, MAViLOutput, masked_mse
+from unveil.pretrain.contrastive import retrieval_recall, symmetric_info_nce
+from unveil.pretrain.mae import seeded_rng
+from unveil.pretrain.optim import scaled_lr, warmup_cosine_scheduler, weight_decay_param_groups
+from unveil.pretrain.visualize import reconstruction_grid, save_grid, send_to_loggers
+
+__all__ = ["MAViLPretrainModule", "MAViLSelfTrainModule", "load_mavil_state_dict", "spectrogram_grid"]
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def spectrogram_grid(panels: Mapping[str, torch.Tensor], padding: int = 2) -> torch.Tensor:
+    """A [3, H', W'] grid in [0, 1] of spectrogram pictures: per sample, one row each for ``input``,
+    ``masked`` and ``reconstruction`` (each [B, 1, frames, mel]), time left to right and low frequencies at the
+    bottom; the grey scale spans each sample's input range."""
+    keys = ("input", "masked", "reconstruction")
+    x = torch.stack([panels[k].detach().float().cpu()[:, 0] for k in keys], dim=1)  # [B, 3, frames, mel]
+    low = x[:, :1].amin(dim=(2, 3), keepdim=True)
+    high = x[:, :1].amax(dim=(2, 3), keepdim=True)
+    x = ((x - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
+    x = x.transpose(2, 3).flip(2)  # [B, 3, mel, frames], low mel at the bottom
+    tiles = x.flatten(0, 1).unsqueeze(1).expand(-1, 3, -1, -1)  # grey → RGB, rows: (sample, panel)
+    return make_grid(tiles, nrow=1, padding=padding, pad_value=1.0)
+
+
+def load_mavil_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The MAViL weights in a checkpoint: a Lightning ``.ckpt`` of either stage (its ``state_dict`` under
+    ``model.``), a ``{"model": state_dict}`` wrapper, or a plain state dict. Read with ``weights_only=True``.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for anything that is not such a
+    checkpoint, with the path in the message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"MAViL teacher checkpoint not found: '{path}' (set teacher_checkpoint to the stage-1 run's .ckpt, "
+            "e.g. runs/mavil_stage1/version_0/checkpoints/last.ckpt)"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a pickle of arbitrary objects, or not a torch file at all
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot read MAViL teacher checkpoint '{path}' with torch.load(weights_only=True): "
+                         f"{first}") from None
+    state = checkpoint
+    if isinstance(checkpoint, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(checkpoint.get(key), Mapping):
+                state = checkpoint[key]
+                break
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"'{path}' holds no state dict of tensors (expected a stage-1 Lightning .ckpt)")
+    if any(k.startswith("model.") for k in state):  # a LightningModule's state: the model is under "model."
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    return dict(state)
+
+
+def _load_teacher(teacher: MAViL, path: str | Path) -> None:
+    """Load ``path`` into ``teacher`` strictly; a mismatch raises ``ValueError`` naming the differences."""
+    state = load_mavil_state_dict(path)
+    own = teacher.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
+        if state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+
+        def few(items: list[str]) -> str:
+            return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
+
+        problems = [f"{name}: {few(items)}" for name, items in
+                    (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if items]
+        raise ValueError(
+            f"teacher checkpoint '{path}' does not match the teacher architecture ({'; '.join(problems)}); "
+            "it must be a stage-1 MAViL checkpoint of the architecture given by `teacher` (default: the "
+            "student's, predicting pixels)"
+        )
+    teacher.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------------------------- shared base
+
+
+class _MAViLModule(pl.LightningModule):
+    """What both stages share: the optimiser and schedule, batch parsing, contrastive terms, retrieval."""
+
+    model: MAViL
+
+    def _init_training(
+        self,
+        base_lr: float,
+        lr: float | None,
+        weight_decay: float,
+        betas: Sequence[float],
+        warmup_epochs: float,
+        warmup_steps: int | None,
+        min_lr: float,
+        inter_weight: float,
+        intra_weight: float,
+        inter_temperature: float,
+        intra_temperature: float,
+        gather_negatives: bool,
+        retrieval_ks: Sequence[int],
+        vis_seed: int,
+    ) -> None:
+        if warmup_epochs < 0 or (warmup_steps is not None and warmup_steps < 0):
+            raise ValueError("warmup_epochs and warmup_steps must be >= 0")
+        if inter_weight < 0 or intra_weight < 0:
+            raise ValueError("loss weights must be >= 0")
+        if inter_temperature <= 0 or intra_temperature <= 0:
+            raise ValueError("temperatures must be > 0")
+        self.base_lr, self.lr, self.weight_decay, self.betas = base_lr, lr, weight_decay, tuple(betas)
+        self.warmup_epochs, self.warmup_steps, self.min_lr = warmup_epochs, warmup_steps, min_lr
+        self.inter_weight, self.intra_weight = inter_weight, intra_weight
+        self.inter_temperature, self.intra_temperature = inter_temperature, intra_temperature
+        self.gather_negatives = gather_negatives
+        self.retrieval_ks = tuple(sorted(set(retrieval_ks)))
+        self.vis_seed = vis_seed
+        self.effective_batch_size: int | None = None
+        self.peak_lr: float | None = None
+        self._val_embeddings: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # ---- batches ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def unpack(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(fbank, video, audio_valid)``; ``audio_valid`` [B] bool is None when no clip lacks audio."""
+        missing = batch.get("audio_missing")
+        valid = None
+        if missing is not None:
+            missing = torch.as_tensor(missing, device=batch["fbank"].device).bool().view(-1)
+            valid = None if not bool(missing.any()) else ~missing
+        return batch["fbank"], batch["video"], valid
+
+    @property
+    def wants_second_view(self) -> bool:
+        return self.intra_weight > 0
+
+    def contrastive_losses(self, out: MAViLOutput, audio_valid: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The inter- and intra-modal InfoNCE terms that have a positive weight."""
+        losses = {}
+        if self.inter_weight > 0:
+            losses["inter"] = symmetric_info_nce(
+                out.audio_embedding, out.video_embedding, self.inter_temperature, audio_valid, self.gather_negatives
+            )
+        if self.intra_weight > 0:
+            losses["intra_audio"] = symmetric_info_nce(
+                out.audio_embedding, out.audio_embedding_view2, self.intra_temperature, audio_valid,
+                self.gather_negatives,
+            )
+            losses["intra_video"] = symmetric_info_nce(
+                out.video_embedding, out.video_embedding_view2, self.intra_temperature, None, self.gather_negatives
+            )
+        return losses
+
+    def weighted_contrastive(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
+        total = 0.0
+        if "inter" in losses:
+            total = total + self.inter_weight * losses["inter"]
+        if "intra_audio" in losses:
+            total = total + self.intra_weight * (losses["intra_audio"] + losses["intra_video"])
+        return total
+
+    def compute_losses(self, batch: Mapping[str, torch.Tensor], masks: MAViLMasks | None = None) -> dict:
+        raise NotImplementedError
+
+    # ---- steps ------------------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        losses = self.compute_losses(batch)
+        size = batch["fbank"].shape[0]
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=size)
+        if self._trainer is not None and self.trainer.optimizers:
+            self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), batch_size=size)
+        return losses["loss"]
+
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, batch_idx, "test")
+
+    @property
+    def evaluates_retrieval(self) -> bool:
+        """Retrieval needs trained projection heads: stage 1 always, stage 2 with the inter-modal term."""
+        return self.inter_weight > 0
+
+    def _eval_step(self, batch, batch_idx: int, stage: str) -> torch.Tensor:
+        fbank, video, valid = self.unpack(batch)
+        with seeded_rng(self.vis_seed + batch_idx, fbank.device):  # the same masks at every evaluation
+            losses = self.compute_losses(batch)
+        for name, value in losses.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "loss", sync_dist=True, batch_size=fbank.shape[0])
+        if self.evaluates_retrieval:
+            audio_emb, video_emb = self.model.clip_embeddings(fbank, video)
+            if valid is not None:
+                audio_emb, video_emb = audio_emb[valid], video_emb[valid]
+            self._val_embeddings.append((audio_emb.float(), video_emb.float()))
+        return losses["loss"]
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_embeddings = []
+
+    def on_test_epoch_start(self) -> None:
+        self._val_embeddings = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_retrieval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_retrieval("test")
+
+    def _log_retrieval(self, stage: str) -> None:
+        if not self.evaluates_retrieval:
+            return
+        dim = self.model.audio_projection.out_features
+        parts = self._val_embeddings
+        audio = torch.cat([a for a, _ in parts]) if parts else torch.zeros(0, dim, device=self.device)
+        video = torch.cat([v for _, v in parts]) if parts else torch.zeros(0, dim, device=self.device)
+        self._val_embeddings = []
+        if self._trainer is not None and self.trainer.world_size > 1:
+            audio, video = self._gather_uneven(audio), self._gather_uneven(video)
+        if audio.shape[0] < 2:
+            return
+        for name, (query, keys) in (("a2v", (audio, video)), ("v2a", (video, audio))):
+            for k, recall in retrieval_recall(query, keys, self.retrieval_ks).items():
+                self.log(f"{stage}/{name}_R@{k}", recall, batch_size=audio.shape[0])
+        self.log(f"{stage}/retrieval_clips", float(audio.shape[0]), batch_size=audio.shape[0])
+
+    def _gather_uneven(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate ``x`` [n_r, E] over ranks (n_r may differ: clips without audio are dropped)."""
+        sizes = self.all_gather(torch.tensor(x.shape[0], device=self.device)).view(-1)
+        largest = int(sizes.max())
+        padded = torch.cat([x, x.new_zeros(largest - x.shape[0], x.shape[1])])
+        gathered = self.all_gather(padded)  # [W, largest, E]
+        return torch.cat([part[: int(n)] for part, n in zip(gathered, sizes.tolist())])
+
+    # ---- optimiser --------------------------------------------------------------------------------
+
+    def _per_device_batch_size(self) -> int:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        size = getattr(datamodule, "batch_size", None)
+        if size is None and datamodule is not None:
+            size = getattr(datamodule, "hparams", {}).get("batch_size")
+        if size is None:
+            size = getattr(self.trainer.train_dataloader, "batch_size", None)
+        if size is None:
+            raise ValueError("cannot find the per-device batch size; set model.init_args.lr to an absolute lr")
+        return int(size)
+
+    def configure_optimizers(self):
+        total_steps = self.trainer.estimated_stepping_batches
+        name = type(self).__name__
+        if self.lr is not None:
+            lr = self.lr
+            rank_zero_info(f"{name}: lr = {lr:.3g} (absolute, from lr)")
+        else:
+            trainer = self.trainer
+            self.effective_batch_size = (self._per_device_batch_size() * trainer.num_devices * trainer.num_nodes
+                                         * trainer.accumulate_grad_batches)
+            lr = scaled_lr(self.base_lr, self.effective_batch_size)
+            rank_zero_info(f"{name}: lr = base_lr {self.base_lr:.3g} x effective batch "
+                           f"{self.effective_batch_size} / 256 = {lr:.3g}")
+        self.peak_lr = lr
+        if self.warmup_steps is not None:
+            warmup = self.warmup_steps
+        elif self.warmup_epochs:
+            batches = self.trainer.num_training_batches
+            if not math.isfinite(batches):
+                raise ValueError("the training data has no length; set model.init_args.warmup_steps")
+            warmup = round(self.warmup_epochs * math.ceil(batches / self.trainer.accumulate_grad_batches))
+        else:
+            warmup = 0
+        if math.isfinite(total_steps):
+            warmup = min(warmup, int(total_steps))
+        # Only the trained model: stage 2's teacher is not a submodule, so it never reaches the optimiser.
+        optimizer = torch.optim.AdamW(weight_decay_param_groups(self.model, self.weight_decay), lr=lr,
+                                      betas=self.betas)
+        scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup, self.min_lr)
+        rank_zero_info(f"{name}: {int(total_steps)} optimiser steps, {warmup} of warmup")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        scheduler.step_update(num_updates=self.global_step)
+
+
+# ---------------------------------------------------------------------------------------- stage 1
+
+
+class MAViLPretrainModule(_MAViLModule):
+    """MAViL stage 1: masked reconstruction of audio and video, plus inter- and intra-modal contrast.
+
+    ``loss = audio_reconstruction_weight * recon_audio + video_reconstruction_weight * recon_video
+    + inter_weight * inter + intra_weight * (intra_audio + intra_video)``, each term logged under
+    ``train/`` and ``val/``. Clips flagged ``audio_missing`` are left out of the audio reconstruction and, as
+    queries, out of the terms that involve audio.
+
+    Args:
+        model: the ``MAViL`` model (``target_dim`` None: it predicts pixels).
+        base_lr: learning rate per 256 samples; the optimiser gets ``base_lr * effective_batch / 256``.
+        lr: absolute learning rate; when set, ``base_lr`` and the scaling rule are ignored.
+        weight_decay, betas: AdamW (no weight decay on norms, biases, CLS/mask tokens, position embeddings).
+        warmup_epochs, warmup_steps: linear warmup (steps override epochs), then a half cosine to ``min_lr``.
+        audio_reconstruction_weight, video_reconstruction_weight: weights of the reconstruction terms.
+        inter_weight, inter_temperature: audio↔video InfoNCE (0 turns it off, and retrieval evaluation too).
+        intra_weight, intra_temperature: InfoNCE between two masked views of each modality (0 turns it off and
+            skips the second view).
+        gather_negatives: negatives from every DDP rank (else only the local batch).
+        retrieval_ks: the k of the validation recall R@k.
+        log_images_every_n_steps: pictures every this many optimiser steps (also at step 0 and at the end);
+            0 turns them off.
+        num_vis_samples, vis_frames: samples in the pictures, and frames shown per video.
+        vis_seed: seed of the picture masks and the validation masks.
+        display_mean, display_std: video normalisation to undo for display (default: the datamodule's, else
+            ImageNet's).
+    """
+
+    def __init__(
+        self,
+        model: MAViL,
+        base_lr: float = 2e-4,
+        lr: float | None = None,
+        weight_decay: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 3.0,
+        warmup_steps: int | None = None,
+        min_lr: float = 0.0,
+        audio_reconstruction_weight: float = 1.0,
+        video_reconstruction_weight: float = 1.0,
+        inter_weight: float = 0.1,
+        intra_weight: float = 0.1,
+        inter_temperature: float = 0.1,
+        intra_temperature: float = 0.1,
+        gather_negatives: bool = True,
+        retrieval_ks: tuple[int, ...] = (1, 5),
+        log_images_every_n_steps: int = 500,
+        num_vis_samples: int = 4,
+        vis_frames: int = 4,
+        vis_seed: int = 0,
+        display_mean: tuple[float, float, float] | None = None,
+        display_std: tuple[float, float, float] | None = None,
+    ):
+        super().__init__()
+        if model.target_dim is not None:
+            raise ValueError("stage 1 reconstructs pixels: build the model with target_dim=None")
+        if audio_reconstruction_weight < 0 or video_reconstruction_weight < 0:
+            raise ValueError("loss weights must be >= 0")
+        if log_images_every_n_steps < 0:
+            raise ValueError(f"log_images_every_n_steps must be >= 0, got {log_images_every_n_steps}")
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self._init_training(base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr, inter_weight,
+                            intra_weight, inter_temperature, intra_temperature, gather_negatives, retrieval_ks,
+                            vis_seed)
+        self.audio_reconstruction_weight = audio_reconstruction_weight
+        self.video_reconstruction_weight = video_reconstruction_weight
+        self.log_images_every_n_steps = log_images_every_n_steps
+        self.num_vis_samples = num_vis_samples
+        self.vis_frames = vis_frames
+        self.display_mean, self.display_std = display_mean, display_std
+        self._vis_dir: Path | None = None
+        self._vis_batch: dict[str, torch.Tensor] | None = None
+        self._vis_masks: MAViLMasks | None = None
+        self._last_vis_step: int | None = None
+
+    def forward(self, fbank: torch.Tensor, video: torch.Tensor, masks: MAViLMasks | None = None) -> MAViLOutput:
+        return self.model(fbank, video, masks=masks, second_view=self.wants_second_view)
+
+    def compute_losses(self, batch: Mapping[str, torch.Tensor], masks: MAViLMasks | None = None) -> dict:
+        """Every loss term and their weighted sum ``loss``, for a batch (``masks`` overrides random masks)."""
+        fbank, video, audio_valid = self.unpack(batch)
+        out = self.model(fbank, video, masks=masks, second_view=self.wants_second_view)
+        audio_target, video_target = self.model.pixel_targets(fbank, video)
+        losses = {
+            "recon_audio": masked_mse(out.audio_pred, audio_target, out.masks.audio, audio_valid),
+            "recon_video": masked_mse(out.video_pred, video_target, out.masks.video),
+        }
+        losses.update(self.contrastive_losses(out, audio_valid))
+        losses["loss"] = (self.audio_reconstruction_weight * losses["recon_audio"]
+                          + self.video_reconstruction_weight * losses["recon_video"]
+                          + self.weighted_contrastive(losses))
+        return losses
+
+    # ---- pictures ---------------------------------------------------------------------------------
+
+    def _pictures_enabled(self) -> bool:
+        return self.log_images_every_n_steps > 0 and self._trainer is not None
+
+    def on_train_start(self) -> None:
+        if self.log_images_every_n_steps:
+            # trainer.log_dir broadcasts, so every rank asks for it; only rank 0 draws.
+            self._vis_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "reconstructions"
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self._pictures_enabled() and self._vis_batch is None:
+            self._init_pictures(batch)
+        return super().training_step(batch, batch_idx)
+
+    def _vis_samples_from_val(self) -> dict[str, torch.Tensor] | None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        try:
+            dataset = datamodule.val_dataloader().dataset
+            size = len(dataset)
+        except Exception:  # no validation split, or an iterable one: use training samples
+            return None
+        if size == 0:
+            return None
+        indices = torch.linspace(0, size - 1, min(self.num_vis_samples, size)).round().long().tolist()
+        return default_collate([{k: dataset[i][k] for k in ("fbank", "video")} for i in indices])
+
+    def _init_pictures(self, batch: Mapping[str, torch.Tensor]) -> None:
+        samples = self._vis_samples_from_val() if self.trainer.is_global_zero else None
+        if samples is None:
+            samples = {k: batch[k][: self.num_vis_samples] for k in ("fbank", "video")}
+        self._vis_batch = {k: v.detach().to(self.device) for k, v in samples.items()}
+        if self.global_step == 0:
+            self.log_reconstructions()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        step = self.global_step
+        if self._pictures_enabled() and step > 0 and step % self.log_images_every_n_steps == 0:
+            self.log_reconstructions()
+
+    def on_train_end(self) -> None:
+        if self._pictures_enabled() and self._vis_batch is not None:
+            self.log_reconstructions()
+
+    def _display_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        mean = self.display_mean or getattr(datamodule, "mean", None) or IMAGENET_DEFAULT_MEAN
+        std = self.display_std or getattr(datamodule, "std", None) or IMAGENET_DEFAULT_STD
+        return tuple(mean), tuple(std)
+
+    @torch.no_grad()
+    def reconstruction_pictures(self, fbank: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The spectrogram grid and the video grid ([3, H, W] in [0, 1]) of the samples under fixed masks."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if self._vis_masks is None or self._vis_masks.audio.shape[0] != fbank.shape[0]:
+                with seeded_rng(self.vis_seed, fbank.device):
+                    self._vis_masks = self.model.sample_masks(fbank.shape[0], fbank.device)
+            out = self.model(fbank, video, masks=self._vis_masks)
+            audio_images, video_images = self.model.reconstruction_images(fbank, video, out)
+        finally:
+            self.model.train(was_training)
+        mean, std = self._display_stats()
+        return spectrogram_grid(audio_images), reconstruction_grid(video_images, mean, std, max_frames=self.vis_frames)
+
+    def log_reconstructions(self) -> list[Path] | None:
+        """Draw the fixed samples; save ``reconstructions/{spectrogram,video}_step_XXXXXX.png`` and log them.
+        Only global rank 0 draws; returns the PNG paths there (None elsewhere, or if this step is drawn)."""
+        step = self.global_step
+        if self._vis_batch is None or step == self._last_vis_step:
+            return None
+        self._last_vis_step = step
+        if not self.trainer.is_global_zero:
+            return None
+        spectrogram, frames = self.reconstruction_pictures(self._vis_batch["fbank"], self._vis_batch["video"])
+        vis_dir = self._vis_dir or Path(self.trainer.default_root_dir) / "reconstructions"
+        paths = []
+        for name, grid in (("spectrogram", spectrogram), ("video", frames)):
+            paths.append(save_grid(grid, vis_dir / f"{name}_step_{step:06d}.png"))
+            send_to_loggers(self.trainer.loggers, f"reconstructions/{name}", grid, step)
+        return paths
+
+
+# ---------------------------------------------------------------------------------------- stage 2
+
+
+class MAViLSelfTrainModule(_MAViLModule):
+    """MAViL stage 2: a new student reconstructs a frozen stage-1 teacher's contextualised features.
+
+    Targets: the teacher's fusion-encoder outputs on the unmasked audio and video, at ``target_layers``
+    (averaged), normalised per token by a LayerNorm without parameters, split per modality. The student
+    (``model``, built with ``target_dim`` = the teacher's width) predicts them at its hidden positions:
+    ``loss = audio_feature_weight * feature_audio + video_feature_weight * feature_video`` (MSE over hidden
+    tokens), plus the contrastive terms when their weights are positive (off by default).
+
+    The teacher is built with ``teacher``'s architecture (default: the student's, predicting pixels), loaded
+    from ``teacher_checkpoint`` when this module is built, and frozen: eval mode, no gradients, not a
+    submodule (so it is neither in the optimiser nor in ``state_dict()``/checkpoints; a resumed run reloads it
+    from ``teacher_checkpoint``). It follows the module across devices and dtypes.
+
+    Args:
+        model: the student ``MAViL``.
+        teacher_checkpoint: path of the stage-1 checkpoint (Lightning ``.ckpt`` or a state dict).
+        teacher: the teacher's architecture, if it differs from the student's.
+        target_layers: fusion blocks whose outputs are averaged into the targets (0-based, negative from the
+            end); default: all of them.
+        audio_feature_weight, video_feature_weight: weights of the two feature-reconstruction terms.
+        The other arguments are those of :class:`MAViLPretrainModule`.
+    """
+
+    def __init__(
+        self,
+        model: MAViL,
+        teacher_checkpoint: str,
+        teacher: MAViL | None = None,
+        target_layers: tuple[int, ...] | None = None,
+        base_lr: float = 2e-4,
+        lr: float | None = None,
+        weight_decay: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 3.0,
+        warmup_steps: int | None = None,
+        min_lr: float = 0.0,
+        audio_feature_weight: float = 1.0,
+        video_feature_weight: float = 1.0,
+        inter_weight: float = 0.0,
+        intra_weight: float = 0.0,
+        inter_temperature: float = 0.1,
+        intra_temperature: float = 0.1,
+        gather_negatives: bool = True,
+        retrieval_ks: tuple[int, ...] = (1, 5),
+        vis_seed: int = 0,
+    ):
+        super().__init__()
+        if audio_feature_weight < 0 or video_feature_weight < 0:
+            raise ValueError("loss weights must be >= 0")
+        if teacher is None:
+            teacher = MAViL(**{**model.config, "target_dim": None})
+        if teacher.target_dim is not None:
+            raise ValueError("the teacher is a stage-1 model: build it with target_dim=None")
+        if target_layers is None:
+            target_layers = tuple(range(teacher.num_fusion_layers)) or (-1,)
+        if not target_layers:
+            raise ValueError("target_layers needs at least one fusion layer")
+        for layer in target_layers:
+            if teacher.num_fusion_layers and not -teacher.num_fusion_layers <= layer < teacher.num_fusion_layers:
+                raise ValueError(f"target layer {layer} out of range: the teacher has "
+                                 f"{teacher.num_fusion_layers} fusion blocks")
+        if model.target_dim != teacher.embed_dim:
+            raise ValueError(
+                f"the student predicts {model.target_dim}-d targets but the teacher's fusion features are "
+                f"{teacher.embed_dim}-d: build the student with target_dim={teacher.embed_dim}"
+            )
+        if (model.num_audio_tokens, model.num_video_tokens) != (teacher.num_audio_tokens, teacher.num_video_tokens):
+            raise ValueError("student and teacher must see the same token grids (audio_size, num_frames, "
+                             "image_size, patch_size, tubelet_frames)")
+        _load_teacher(teacher, teacher_checkpoint)
+        teacher.eval().requires_grad_(False)
+
+        self.save_hyperparameters(ignore=["model", "teacher"])
+        self.model = model
+        # Not a submodule: kept out of parameters(), the optimiser, DDP and state_dict().
+        object.__setattr__(self, "_teacher", teacher)
+        self.teacher_checkpoint = str(teacher_checkpoint)
+        self.target_layers = tuple(target_layers)
+        self.audio_feature_weight = audio_feature_weight
+        self.video_feature_weight = video_feature_weight
+        self._init_training(base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr, inter_weight,
+                            intra_weight, inter_temperature, intra_temperature, gather_negatives, retrieval_ks,
+                            vis_seed)
+
+    @property
+    def teacher(self) -> MAViL:
+        """The frozen stage-1 model (eval mode, no gradients)."""
+        return self._teacher
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device) / .half() / .cuda() reach submodules through _apply: take the teacher along.
+        super()._apply(fn, *args, **kwargs)
+        if "_teacher" in self.__dict__:
+            self._teacher._apply(fn, *args, **kwargs)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if "_teacher" in self.__dict__:
+            self._teacher.eval()  # the teacher never trains (no dropout / drop path)
+        return self
+
+    @torch.no_grad()
+    def teacher_targets(self, fbank: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, Na, D] and [B, Nv, D] targets from the frozen teacher on the unmasked inputs."""
+        return self._teacher.contextual_targets(fbank, video, self.target_layers)
+
+    def compute_losses(self, batch: Mapping[str, torch.Tensor], masks: MAViLMasks | None = None) -> dict:
+        fbank, video, audio_valid = self.unpack(batch)
+        audio_target, video_target = self.teacher_targets(fbank, video)
+        out = self.model(fbank, video, masks=masks, second_view=self.wants_second_view)
+        losses = {
+            "feature_audio": masked_mse(out.audio_pred, audio_target, out.masks.audio, audio_valid),
+            "feature_video": masked_mse(out.video_pred, video_target, out.masks.video),
+        }
+        losses.update(self.contrastive_losses(out, audio_valid))
+        losses["loss"] = (self.audio_feature_weight * losses["feature_audio"]
+                          + self.video_feature_weight * losses["feature_video"]
+                          + self.weighted_contrastive(losses))
+        return losses

@@ -1,0 +1,75 @@
+"""Pictures of masked reconstructions: one grid per logging step, sent to the loggers and saved as a PNG.
+
+The grid has one row per sample (for video: per sample and shown frame) and four columns:
+input | masked input | reconstruction | target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+PANELS: tuple[str, ...] = ("input", "masked", "reconstruction", "target")
+"""The columns of a reconstruction grid, left to right (keys of ``reconstruction_images``)."""
+
+
+def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Undo per-channel normalisation of ``x`` [B, C, ...] and clamp to [0, 1] for display."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(shape)
+    return (x * std_t + mean_t).clamp(0.0, 1.0)
+
+
+def frame_indices(num_frames: int, count: int) -> list[int]:
+    """``count`` frame indices spread evenly over ``num_frames`` (all of them if there are fewer)."""
+    if num_frames <= count:
+        return list(range(num_frames))
+    return torch.linspace(0, num_frames - 1, count).round().long().tolist()
+
+
+def reconstruction_grid(
+    images: Mapping[str, torch.Tensor],
+    mean: Sequence[float],
+    std: Sequence[float],
+    max_frames: int = 4,
+    padding: int = 2,
+) -> torch.Tensor:
+    """A [3, H', W'] grid in [0, 1] from ``reconstruction_images`` output.
+
+    ``images[k]`` is [B, 3, H, W] (image) or [B, 3, T, H, W] (video), in the normalised input space; for video
+    ``max_frames`` frames per sample are shown, one row each.
+    """
+    panels = [denormalize(images[key].detach().float().cpu(), mean, std) for key in PANELS]
+    if panels[0].dim() == 5:
+        frames = frame_indices(panels[0].shape[2], max_frames)
+        # [B, 3, T, H, W] -> [B * len(frames), 3, H, W]: rows are (sample, frame) pairs
+        panels = [p[:, :, frames].permute(0, 2, 1, 3, 4).flatten(0, 1) for p in panels]
+    tiles = torch.stack(panels, dim=1).flatten(0, 1)  # [rows * 4, 3, H, W], row-major
+    return make_grid(tiles, nrow=len(PANELS), padding=padding, pad_value=1.0)
+
+
+def save_grid(grid: torch.Tensor, path: str | Path) -> Path:
+    """Write ``grid`` [3, H, W] in [0, 1] as a PNG, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
+    return path
+
+
+def send_to_loggers(loggers: Sequence, tag: str, grid: torch.Tensor, step: int) -> None:
+    """Send ``grid`` to every logger that takes images: W&B (``log_image``), TensorBoard (``add_image``).
+
+    Others (e.g. CSVLogger) are skipped: the PNG in the run folder is the record.
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            image = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()  # HWC uint8
+            logger.log_image(key=tag, images=[image], step=step, caption=[" | ".join(PANELS)])
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, grid, global_step=step)
