@@ -313,7 +313,11 @@ def convert_state_dict(
     """
     state_dict = unwrap_state_dict(state_dict)
     target = _canonical(target)
-    source = _canonical(source) if source is not None else detect_format(state_dict)
+    if source is None:
+        # detect on the backbone's own keys when a prefix (e.g. Lightning's "model.") is given
+        under = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)} if prefix else {}
+        source = detect_format(under or state_dict)
+    source = _canonical(source)
     report = ConversionReport(source, target)
     if prefix is None:
         prefix = (

@@ -257,3 +257,15 @@ def test_load_checkpoint_state_refuses_arbitrary_pickles(tmp_path, image_sd):
         load_checkpoint_state(tmp_path / "unsafe.pth")
     with pytest.raises(ValueError, match="not a state dict"):
         unwrap_state_dict({"patch_embed.proj.weight": torch.zeros(1), "epoch": 3})
+
+
+def test_lightning_checkpoint_prefix_is_detected_and_stripped():
+    """A MAEPretrainModule checkpoint stores the MAE under 'model.'; the backbone converts from it."""
+    mae = mae_hiera_tiny_224(decoder_depth=1)
+    lightning = {f"model.{k}": v for k, v in mae.state_dict().items()}
+    sd, report = convert_state_dict(lightning, "timm", prefix="model.", keep_head=False)
+    assert "patch_embed.proj.weight" in sd and not any(k.startswith("model.") for k in sd)
+    assert "model.decoder_pred.weight" in report.dropped and "model.mask_token" in report.dropped
+    model = timm.create_model("hiera_tiny_224", pretrained=False, num_classes=0)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing)
