@@ -30,7 +30,7 @@ INFRASTRUCTURE_KEYS = {
     "seed_everything", "devices", "num_nodes", "num_workers", "log_every_n_steps", "check_val_every_n_epoch",
     "val_check_interval", "num_sanity_val_steps", "every_n_epochs", "every_n_train_steps", "save_top_k",
     "log_images_every_n_steps", "num_vis_samples", "vis_frames", "vis_seed", "accumulate_grad_batches",
-    "limit_val_batches", "val_batch_size",
+    "limit_val_batches", "val_batch_size", "every_n_batches",
 }
 SOURCE = re.compile(r"Hiera (Table \d+|Sec\. \d)|official code|MAE-ST|MAE\b")
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
