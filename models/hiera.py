@@ -195,7 +195,7 @@ class MaskUnitAttention(nn.Module):
         qkv = self.qkv(x).reshape(batch, -1, windows, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(3, 0, 4, 2, 1, 5).unbind(0)  # each [B, heads, windows, tokens, head_dim]
         if self.q_stride > 1:
-            q = q.view(batch, self.heads, windows, self.q_stride, -1, self.head_dim).amax(dim=3)
+            q = q.view(batch, self.heads, windows, self.q_stride, -1, self.head_dim).max(dim=3).values
         x = F.scaled_dot_product_attention(q, k, v)
         x = x.transpose(1, 3).reshape(batch, -1, self.dim_out)  # [B, tokens * windows, heads * head_dim]
         return self.proj(x)
@@ -231,7 +231,7 @@ class HieraBlock(nn.Module):
         if self.proj is not None:
             # the residual is widened from the normed input and pooled like the queries
             x = self.proj(x_norm)
-            x = x.view(x.shape[0], self.attn.q_stride, -1, x.shape[-1]).amax(dim=1)
+            x = x.view(x.shape[0], self.attn.q_stride, -1, x.shape[-1]).max(dim=1).values
         x = x + self.drop_path(self.attn(x_norm))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -504,9 +504,13 @@ class Hiera(nn.Module):
         x = x + self.get_pos_embed(grid)
         x = unroll(x, grid, self.unroll_schedule)
         if mask is not None:
-            # units are the fastest-varying part of the unrolled index: keep whole units
-            keep = mask.repeat(1, self.mu_size)  # [B, N]
-            x = x[keep].view(x.shape[0], -1, x.shape[-1])
+            # units are the fastest-varying part of the unrolled index: keep whole units, in order
+            batch, num_tokens, channels = x.shape
+            units = mask.shape[1]
+            kept = mask.nonzero()[:, 1].view(batch, -1)  # [B, #kept] ascending unit indices
+            x = x.view(batch, num_tokens // units, units, channels)
+            index = kept[:, None, :, None].expand(-1, num_tokens // units, -1, channels)
+            x = x.gather(2, index).reshape(batch, -1, channels)  # gather: its backward is a cheap scatter
         return x, grid
 
     def _reroll(self, x: torch.Tensor, grid: list[int], block: int, masked: bool) -> torch.Tensor:
