@@ -91,9 +91,11 @@ def main() -> None:
         train_step(m, optimizers[k], *batches[0])
     peak = matmul_flops_per_sec()
     best = {k: float("inf") for k in models}
-    for _ in range(args.rounds):
-        for k, m in models.items():
-            best[k] = min(best[k], time_steps(m, optimizers[k], batches))
+    for round_index in range(args.rounds):
+        # alternate who goes first, so a load that comes and goes hits both alike
+        order = list(models) if round_index % 2 == 0 else list(reversed(models))
+        for k in order:
+            best[k] = min(best[k], time_steps(models[k], optimizers[k], batches))
     peak = max(peak, matmul_flops_per_sec())
 
     print(f"MAE {name}, batch {args.batch}, {args.steps} steps x {args.rounds} rounds, "

@@ -33,7 +33,6 @@ import lightning.pytorch as pl
 import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
-
 from unveil.datasets import AudioVideoDataModule, AudioVideoDataset
 from unveil.datasets.synth import make_audio_video_folder
 from unveil.models import MAViL

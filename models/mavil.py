@@ -29,9 +29,9 @@ from functools import partial
 from typing import NamedTuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import PatchEmbed, trunc_normal_
+from torch import nn
 
 from .vit import (
     LAYER_NORM_EPS,

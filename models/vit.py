@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from functools import partial
 
 import torch
-import torch.nn as nn
-from timm.layers import PatchEmbed, trunc_normal_
+from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
+from torch import nn
 
 __all__ = [
     "LAYER_NORM_EPS",

@@ -33,7 +33,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import default_collate
 from torchvision.utils import make_grid
-
 from unveil.models.mavil import MAViL, MAViLMasks, MAViLOutput, masked_mse
 from unveil.pretrain.contrastive import retrieval_recall, symmetric_info_nce
 from unveil.pretrain.mae import seeded_rng
@@ -446,7 +445,8 @@ class MAViLPretrainModule(_MAViLModule):
         if size == 0:
             return None
         indices = torch.linspace(0, size - 1, min(self.num_vis_samples, size)).round().long().tolist()
-        return default_collate([{k: dataset[i][k] for k in ("fbank", "video")} for i in indices])
+        samples = [dataset[i] for i in indices]  # decode each once
+        return default_collate([{"fbank": sample["fbank"], "video": sample["video"]} for sample in samples])
 
     def _init_pictures(self, batch: Mapping[str, torch.Tensor]) -> None:
         samples = self._vis_samples_from_val() if self.trainer.is_global_zero else None

@@ -13,10 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-
 from unveil.models.mavil import (
     MAViL,
-    MAViLMasks,
     create_timm_encoder,
     masked_mse,
     mavil_encoder_to_timm,
