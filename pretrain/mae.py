@@ -18,11 +18,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import default_collate
 from unveil.models import MaskedAutoencoderHiera
 from unveil.pretrain.optim import scaled_lr, warmup_cosine_scheduler, weight_decay_param_groups
-from unveil.pretrain.visualize import reconstruction_grid, save_grid, send_to_loggers
+from unveil.pretrain.visualize import ReconstructionPictures, reconstruction_grid, save_grid, send_to_loggers
 
 INPUT_KEYS: tuple[str, ...] = ("video", "image")
 """Batch keys the module reads its input from, in order of preference, when ``input_key`` is not set."""
@@ -41,7 +40,7 @@ def seeded_rng(seed: int, device: torch.device):
         yield
 
 
-class MAEPretrainModule(pl.LightningModule):
+class MAEPretrainModule(ReconstructionPictures, pl.LightningModule):
     """Masked-autoencoder pretraining of a ``MaskedAutoencoderHiera`` on image or video batches.
 
     Args:
@@ -234,15 +233,8 @@ class MAEPretrainModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------------- pictures
 
-    def _pictures_enabled(self) -> bool:
-        return self.log_images_every_n_steps > 0 and self._trainer is not None
-
     def on_train_start(self) -> None:
-        if not self.log_images_every_n_steps:
-            return
-        # trainer.log_dir broadcasts, so every rank asks for it; only rank 0 draws.
-        run_dir = self.trainer.log_dir or self.trainer.default_root_dir
-        self._vis_dir = Path(run_dir) / "reconstructions"
+        self._set_picture_dir()
         self._step_timer = None
 
     def _vis_samples_from_val(self) -> torch.Tensor | None:
@@ -270,20 +262,8 @@ class MAEPretrainModule(pl.LightningModule):
         if self.global_step == 0:
             self.log_reconstructions()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        step = self.global_step
-        if self._pictures_enabled() and step > 0 and step % self.log_images_every_n_steps == 0:
-            self.log_reconstructions()
-
-    def on_train_end(self) -> None:
-        if self._pictures_enabled() and self._vis_input is not None:
-            self.log_reconstructions()
-
-    def _display_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        mean = self.display_mean or getattr(datamodule, "mean", None) or IMAGENET_DEFAULT_MEAN
-        std = self.display_std or getattr(datamodule, "std", None) or IMAGENET_DEFAULT_STD
-        return tuple(mean), tuple(std)
+    def _has_vis_samples(self) -> bool:
+        return self._vis_input is not None
 
     @torch.no_grad()
     def reconstruction_picture(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,14 +30,13 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import default_collate
 from torchvision.utils import make_grid
 from unveil.models.mavil import MAViL, MAViLMasks, MAViLOutput, masked_mse
 from unveil.pretrain.contrastive import retrieval_recall, symmetric_info_nce
 from unveil.pretrain.mae import seeded_rng
 from unveil.pretrain.optim import scaled_lr, warmup_cosine_scheduler, weight_decay_param_groups
-from unveil.pretrain.visualize import reconstruction_grid, save_grid, send_to_loggers
+from unveil.pretrain.visualize import ReconstructionPictures, reconstruction_grid, save_grid, send_to_loggers
 
 __all__ = ["MAViLPretrainModule", "MAViLSelfTrainModule", "load_mavil_state_dict", "spectrogram_grid"]
 
@@ -326,7 +325,7 @@ class _MAViLModule(pl.LightningModule):
 # ---------------------------------------------------------------------------------------- stage 1
 
 
-class MAViLPretrainModule(_MAViLModule):
+class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
     """MAViL stage 1: masked reconstruction of audio and video, plus inter- and intra-modal contrast.
 
     ``loss = audio_reconstruction_weight * recon_audio + video_reconstruction_weight * recon_video
@@ -422,13 +421,8 @@ class MAViLPretrainModule(_MAViLModule):
 
     # ---- pictures ---------------------------------------------------------------------------------
 
-    def _pictures_enabled(self) -> bool:
-        return self.log_images_every_n_steps > 0 and self._trainer is not None
-
     def on_train_start(self) -> None:
-        if self.log_images_every_n_steps:
-            # trainer.log_dir broadcasts, so every rank asks for it; only rank 0 draws.
-            self._vis_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "reconstructions"
+        self._set_picture_dir()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         if self._pictures_enabled() and self._vis_batch is None:
@@ -456,20 +450,8 @@ class MAViLPretrainModule(_MAViLModule):
         if self.global_step == 0:
             self.log_reconstructions()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        step = self.global_step
-        if self._pictures_enabled() and step > 0 and step % self.log_images_every_n_steps == 0:
-            self.log_reconstructions()
-
-    def on_train_end(self) -> None:
-        if self._pictures_enabled() and self._vis_batch is not None:
-            self.log_reconstructions()
-
-    def _display_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        mean = self.display_mean or getattr(datamodule, "mean", None) or IMAGENET_DEFAULT_MEAN
-        std = self.display_std or getattr(datamodule, "std", None) or IMAGENET_DEFAULT_STD
-        return tuple(mean), tuple(std)
+    def _has_vis_samples(self) -> bool:
+        return self._vis_batch is not None
 
     @torch.no_grad()
     def reconstruction_pictures(self, fbank: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.utils import make_grid, save_image
 
 PANELS: tuple[str, ...] = ("input", "masked", "reconstruction", "target")
@@ -73,3 +74,37 @@ def send_to_loggers(loggers: Sequence, tag: str, grid: torch.Tensor, step: int) 
             logger.log_image(key=tag, images=[image], step=step, caption=[" | ".join(PANELS)])
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(tag, grid, global_step=step)
+
+
+class ReconstructionPictures:
+    """When a LightningModule draws its reconstruction pictures: before the first step (the module
+    draws that one when it picks its samples), every ``log_images_every_n_steps`` steps, and at the end
+    of training.
+
+    The module sets ``log_images_every_n_steps``, ``display_mean``, ``display_std``, and implements
+    ``log_reconstructions()`` and ``_has_vis_samples()``. List this class before ``LightningModule``.
+    """
+
+    def _pictures_enabled(self) -> bool:
+        return self.log_images_every_n_steps > 0 and self._trainer is not None
+
+    def _set_picture_dir(self) -> None:
+        if self.log_images_every_n_steps:
+            # trainer.log_dir broadcasts, so every rank asks for it; only rank 0 draws.
+            self._vis_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "reconstructions"
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        step = self.global_step
+        if self._pictures_enabled() and step > 0 and step % self.log_images_every_n_steps == 0:
+            self.log_reconstructions()
+
+    def on_train_end(self) -> None:
+        if self._pictures_enabled() and self._has_vis_samples():
+            self.log_reconstructions()
+
+    def _display_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Mean and std that undo the input normalisation for display (recipe, data module, or ImageNet)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        mean = self.display_mean or getattr(datamodule, "mean", None) or IMAGENET_DEFAULT_MEAN
+        std = self.display_std or getattr(datamodule, "std", None) or IMAGENET_DEFAULT_STD
+        return tuple(mean), tuple(std)
