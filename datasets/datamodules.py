@@ -60,8 +60,36 @@ def _check_common(
     _require(owner, "hflip", 0 <= hflip <= 1, "a probability in [0, 1]", hflip)
 
 
+def _check_clip_source(
+    owner: str,
+    synth_kind: str,
+    root: str | None,
+    csv_train: str | None,
+    csv_val: str | None,
+    train_split: str,
+    val_split: str | None,
+    shards,
+    val_shards,
+) -> None:
+    """A clip DataModule reads a folder layout, CSV manifests, or shards: check the paths it will read."""
+    if root is None and csv_train is None and shards is None:
+        raise ValueError(f"{owner}: set root (folder layout) or csv_train (manifest), or shards")
+    if root is not None:
+        _require_path(
+            owner, "root", root, f" (run 'unveil synth {synth_kind} --out {root}' to generate a dataset)"
+        )
+    if csv_train is not None:
+        _require_path(owner, "csv_train", csv_train, "")
+    elif shards is None:
+        _require_path(owner, "train_split", Path(root) / train_split, "")
+    if csv_val is not None:
+        _require_path(owner, "csv_val", csv_val, "")
+    elif val_split is not None and root is not None and val_shards is None:
+        _require_path(owner, "val_split", Path(root) / val_split, " (set val_split: null for no validation)")
+
+
 class _LoadersMixin:
-    """Train/val DataLoaders shared by the image and video DataModules."""
+    """Train/val DataLoaders shared by every DataModule (folder/CSV sources, or shards)."""
 
     batch_size: int
     val_batch_size: int | None
@@ -70,7 +98,9 @@ class _LoadersMixin:
     train_set: Dataset | None
     val_set: Dataset | None
 
-    def _loader(self, dataset: Dataset, train: bool, collate_fn=None) -> DataLoader:
+    collate_fn = None  # the DataLoader's default collate unless a DataModule sets its own
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else (self.val_batch_size or self.batch_size),
@@ -79,8 +109,20 @@ class _LoadersMixin:
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),  # pinning needs a GPU
             persistent_workers=self.num_workers > 0,
-            collate_fn=collate_fn,
+            collate_fn=self.collate_fn,
         )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.shards is not None:
+            return self._shard_loader(train=True)
+        self.setup()
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_shards is not None:
+            return self._shard_loader(train=False)
+        self.setup()
+        return [] if self.val_set is None else self._loader(self.val_set, train=False)
 
 
 class _ShardsMixin:
@@ -309,18 +351,6 @@ class ImageDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         self.setup()
         return len(self.train_set.classes)
 
-    def train_dataloader(self) -> DataLoader:
-        if self.shards is not None:
-            return self._shard_loader(train=True)
-        self.setup()
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_shards is not None:
-            return self._shard_loader(train=False)
-        self.setup()
-        return [] if self.val_set is None else self._loader(self.val_set, train=False)
-
 
 class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
     """Kinetics-layout video clips for video MAE (``VideoDataset``).
@@ -367,6 +397,8 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         skip_log: JSON-lines file listing every skipped sample and its reason (``{rank}`` becomes the rank).
     """
 
+    collate_fn = staticmethod(repeated_collate)  # repeated sampling: R clips per video join the batch
+
     def __init__(
         self,
         root: str | None = None,
@@ -396,21 +428,9 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        hint = f" (run 'unveil synth videos --out {root}' to generate a dataset)"
-        if root is None and csv_train is None and shards is None:
-            raise ValueError(f"{owner}: set root (folder layout) or csv_train (manifest), or shards")
-        if root is not None:
-            _require_path(owner, "root", root, hint)
-        if csv_train is not None:
-            _require_path(owner, "csv_train", csv_train, "")
-        elif shards is None:
-            _require_path(owner, "train_split", Path(root) / train_split, "")
-        if csv_val is not None:
-            _require_path(owner, "csv_val", csv_val, "")
-        elif val_split is not None and root is not None and val_shards is None:
-            _require_path(
-                owner, "val_split", Path(root) / val_split, " (set val_split: null for no validation)"
-            )
+        _check_clip_source(
+            owner, "videos", root, csv_train, csv_val, train_split, val_split, shards, val_shards
+        )
         _check_common(owner, input_size, batch_size, num_workers, crop_scale, hflip)
         for name, value in (
             ("num_frames", num_frames),
@@ -495,22 +515,6 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             return self._shard_num_classes()
         self.setup()
         return self.train_set.num_classes
-
-    def train_dataloader(self) -> DataLoader:
-        if self.shards is not None:
-            return self._shard_loader(train=True)
-        self.setup()
-        return self._loader(self.train_set, train=True, collate_fn=repeated_collate)
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_shards is not None:
-            return self._shard_loader(train=False)
-        self.setup()
-        return (
-            []
-            if self.val_set is None
-            else self._loader(self.val_set, train=False, collate_fn=repeated_collate)
-        )
 
 
 def _check_audio(
@@ -696,18 +700,6 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         self.setup()
         return self.train_set.num_classes
 
-    def train_dataloader(self) -> DataLoader:
-        if self.shards is not None:
-            return self._shard_loader(train=True)
-        self.setup()
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_shards is not None:
-            return self._shard_loader(train=False)
-        self.setup()
-        return [] if self.val_set is None else self._loader(self.val_set, train=False)
-
 
 class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
     """Audio-video clips for MAViL (``AudioVideoDataset``): frames and audio of the same time window.
@@ -803,21 +795,9 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        hint = f" (run 'unveil synth audiovideo --out {root}' to generate a dataset)"
-        if root is None and csv_train is None and shards is None:
-            raise ValueError(f"{owner}: set root (folder layout) or csv_train (manifest), or shards")
-        if root is not None:
-            _require_path(owner, "root", root, hint)
-        if csv_train is not None:
-            _require_path(owner, "csv_train", csv_train, "")
-        elif shards is None:
-            _require_path(owner, "train_split", Path(root) / train_split, "")
-        if csv_val is not None:
-            _require_path(owner, "csv_val", csv_val, "")
-        elif val_split is not None and root is not None and val_shards is None:
-            _require_path(
-                owner, "val_split", Path(root) / val_split, " (set val_split: null for no validation)"
-            )
+        _check_clip_source(
+            owner, "audiovideo", root, csv_train, csv_val, train_split, val_split, shards, val_shards
+        )
         if class_index is not None:
             _require_path(owner, "class_index", class_index, "")
         _check_common(owner, input_size, batch_size, num_workers, crop_scale, hflip)
@@ -941,15 +921,3 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             return self._shard_num_classes()
         self.setup()
         return self.train_set.num_classes
-
-    def train_dataloader(self) -> DataLoader:
-        if self.shards is not None:
-            return self._shard_loader(train=True)
-        self.setup()
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_shards is not None:
-            return self._shard_loader(train=False)
-        self.setup()
-        return [] if self.val_set is None else self._loader(self.val_set, train=False)
