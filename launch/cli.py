@@ -6,6 +6,8 @@
     unveil recipes                                   list the shipped recipes
     unveil synth images --out DIR [...]              write a synthetic image dataset (ImageNet layout)
     unveil synth videos --out DIR [...]              write a synthetic video dataset (Kinetics layout)
+    unveil export CKPT --format FORMAT --out PATH    write a checkpoint's backbone for another codebase
+    unveil slurm --config RECIPE [--nodes N ...]     submit a recipe to SLURM (resumes after preemption)
 
 RECIPE is a YAML path or the name of a shipped recipe (``unveil recipes``). Mistakes in a recipe or on the
 command line (a missing file, an unknown key, a value of the wrong type) stop the command before anything is
@@ -25,6 +27,7 @@ from unveil.launch.recipes import RecipeNotFoundError, resolve_recipe, shipped_r
 
 EXIT_USAGE = 2
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+COMMANDS = (*TRAINER_COMMANDS, "recipes", "synth", "shards", "export", "slurm")
 SYNTH_KINDS = {
     "images": "make_image_folder",
     "videos": "make_video_folder",
@@ -336,7 +339,7 @@ def run_synth(argv: list[str]) -> None:
     print(f"wrote {kind} to {out}")
 
 
-USAGE = """usage: unveil {fit,validate,test,predict,recipes,synth,shards} ...
+USAGE = """usage: unveil {fit,validate,test,predict,recipes,synth,shards,export,slurm} ...
 
   unveil fit --config RECIPE [--key value ...]   train with a recipe (a path, or a name from 'unveil recipes')
   unveil validate|test --config RECIPE [...]     run the validation / test loop of a recipe
@@ -346,6 +349,8 @@ USAGE = """usage: unveil {fit,validate,test,predict,recipes,synth,shards} ...
   unveil synth audio|audiovideo --out DIR [...]  write synthetic audio (AudioSet style) or audio-video clips
   unveil shards make KIND --out DIR [...]        convert a folder/CSV source into WebDataset shards
   unveil shards info SHARDS                      list a shard set's index
+  unveil export CKPT --format FORMAT --out PATH  write the backbone of a checkpoint (unveil, hiera, timm, sam2, ...)
+  unveil slurm --config RECIPE [--nodes N ...]   write an sbatch script for a recipe and submit it
 
 'unveil COMMAND --help' shows the options of a command.
 """
@@ -372,9 +377,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from unveil.launch import shards
 
             return shards.main(rest)
+        elif command == "export":
+            from unveil.launch import export
+
+            return export.main(rest)
+        elif command == "slurm":
+            from unveil.launch import slurm
+
+            return slurm.main(rest)
         else:
             raise UsageError(
-                f"unknown command '{command}' (choose from fit, validate, test, predict, recipes, synth, shards)"
+                f"unknown command '{command}' (choose from {', '.join(COMMANDS)})"
             )
     except UsageError as error:
         sys.stderr.write(f"unveil: error: {error}\n")
