@@ -2,6 +2,12 @@
 
 Every argument is checked in ``__init__``, so a wrong path or value fails at once with one line that
 names the argument, before any worker starts or any file is scanned.
+
+Training on a folder/CSV source resumes exactly: its loader (``unveil.datasets.common.ResumableLoader``)
+reads in an order and with augmentations fixed by ``(seed_everything, shuffle_seed, epoch, sample)``, and
+saves its position in the epoch into Lightning checkpoints. Shard sources restart the interrupted epoch
+from its beginning on resume, in the same shard order (``shuffle_seed``, epoch); their mid-epoch position
+and their shuffle buffer are not saved.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from unveil.datasets.audio import AUDIOSET_MEAN, AUDIOSET_STD, AudioDataset, ClassIndex, FbankTransform
 from unveil.datasets.audio_video import AudioVideoDataset, AudioVideoPipeline
+from unveil.datasets.common import ResumableLoader, derive_seed, run_seed
 from unveil.datasets.image import ImageFolderDataset, image_eval_transform, mae_image_transform
 from unveil.datasets.shards import (
     AudioShardDecoder,
@@ -89,7 +96,12 @@ def _check_clip_source(
 
 
 class _LoadersMixin:
-    """Train/val DataLoaders shared by every DataModule (folder/CSV sources, or shards)."""
+    """Train/val DataLoaders shared by every DataModule (folder/CSV sources, or shards).
+
+    Folder/CSV training data goes through a ``ResumableLoader`` that splits each global batch among the
+    DDP ranks itself (Lightning keeps it: it is a ``DistributedSampler``), so ``use_distributed_sampler``
+    does not change the training split; validation loaders are plain DataLoaders that Lightning shards.
+    """
 
     batch_size: int
     val_batch_size: int | None
@@ -101,16 +113,41 @@ class _LoadersMixin:
     collate_fn = None  # the DataLoader's default collate unless a DataModule sets its own
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        common = {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),  # pinning needs a GPU
+            "persistent_workers": self.num_workers > 0,
+            "collate_fn": self.collate_fn,
+        }
+        if train:
+            # Resumable: order and augmentation follow (seed, epoch, sample), and the position in the epoch
+            # goes into checkpoints. The loader splits global batches by rank itself (see ResumableSampler).
+            rank, world_size = self._rank_and_world_size()
+            return ResumableLoader(
+                dataset,
+                batch_size=self.batch_size,
+                seed=derive_seed(run_seed(), getattr(self, "shuffle_seed", 0)),
+                rank=rank,
+                world_size=world_size,
+                progress_fn=self._train_progress,
+                **common,
+            )
         return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else (self.val_batch_size or self.batch_size),
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),  # pinning needs a GPU
-            persistent_workers=self.num_workers > 0,
-            collate_fn=self.collate_fn,
+            dataset, batch_size=self.val_batch_size or self.batch_size, shuffle=False, drop_last=False, **common
         )
+
+    def _rank_and_world_size(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _train_progress(self) -> tuple[int, int] | None:
+        """``(epoch, training batches of the epoch consumed)`` from the trainer, for the loader's position."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         if self.shards is not None:
@@ -262,7 +299,8 @@ class ImageDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         resampled: draw training shards with replacement, so every DDP rank gets the same number of
             batches (shards only; the epoch is ``epoch_samples``, else the index's sample count).
         shuffle_buffer: samples in the shard reader's shuffle buffer (held as encoded bytes, per worker).
-        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch.
+        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch; for the
+            folder/CSV source, combined with ``seed_everything``: seed of the sample order and augmentation.
         max_skip_fraction: stop the run (``SkipFractionExceeded``) when more than this fraction of the
             samples seen were skipped as bad; null never stops.
         skip_log: JSON-lines file listing every skipped sample and its reason (``{rank}`` becomes the rank).
@@ -391,7 +429,8 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         resampled: draw training shards with replacement, so every DDP rank gets the same number of
             batches (shards only; the epoch is ``epoch_samples``, else the index's sample count).
         shuffle_buffer: samples in the shard reader's shuffle buffer (held as encoded bytes, per worker).
-        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch.
+        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch; for the
+            folder/CSV source, combined with ``seed_everything``: seed of the sample order and augmentation.
         max_skip_fraction: stop the run (``SkipFractionExceeded``) when more than this fraction of the
             samples seen were skipped as bad; null never stops.
         skip_log: JSON-lines file listing every skipped sample and its reason (``{rank}`` becomes the rank).
@@ -563,7 +602,8 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         resampled: draw training shards with replacement, so every DDP rank gets the same number of
             batches (shards only; the epoch is ``epoch_samples``, else the index's sample count).
         shuffle_buffer: samples in the shard reader's shuffle buffer (held as encoded bytes, per worker).
-        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch.
+        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch; for the
+            folder/CSV source, combined with ``seed_everything``: seed of the sample order and augmentation.
         max_skip_fraction: stop the run (``SkipFractionExceeded``) when more than this fraction of the
             samples seen were skipped as bad; null never stops.
         skip_log: JSON-lines file listing every skipped sample and its reason (``{rank}`` becomes the rank).
@@ -749,7 +789,8 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         resampled: draw training shards with replacement, so every DDP rank gets the same number of
             batches (shards only; the epoch is ``epoch_samples``, else the index's sample count).
         shuffle_buffer: samples in the shard reader's shuffle buffer (held as encoded bytes, per worker).
-        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch.
+        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch; for the
+            folder/CSV source, combined with ``seed_everything``: seed of the sample order and augmentation.
         max_skip_fraction: stop the run (``SkipFractionExceeded``) when more than this fraction of the
             samples seen were skipped as bad; null never stops.
         skip_log: JSON-lines file listing every skipped sample and its reason (``{rank}`` becomes the rank).

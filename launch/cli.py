@@ -202,10 +202,24 @@ def _make_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
     class UnveilCLI(LightningCLI):
-        """LightningCLI whose parse and build errors become one-line ``UsageError``s."""
+        """LightningCLI whose parse and build errors become one-line ``UsageError``s, and which closes the W&B
+        runs it started when the command ends (see ``unveil.launch.run_config.finish_wandb_runs``)."""
 
         config_files: Sequence[str] = ()
         raw_args: Sequence[str] = ()
+
+        def __init__(self, *args, **kwargs) -> None:
+            from unveil.launch.run_config import finish_wandb_runs, wandb_start_problem
+
+            try:
+                super().__init__(*args, **kwargs)  # parses, builds and runs the subcommand
+            except BaseException as error:
+                finish_wandb_runs(getattr(self, "trainer", None), failed=True)
+                problem = None if os.environ.get("UNVEIL_DEBUG") else wandb_start_problem(error)
+                if problem:
+                    raise UsageError(problem) from None
+                raise
+            finish_wandb_runs(getattr(self, "trainer", None), failed=False)
 
         def parse_arguments(self, parser, args) -> None:
             try:
@@ -236,15 +250,22 @@ def _innermost_message(error: BaseException) -> str:
 
 def _cli_kwargs() -> dict:
     from lightning.pytorch import LightningDataModule, LightningModule
+    from unveil.launch.run_config import SaveAndLogConfig
 
     return {
         "model_class": LightningModule,
         "datamodule_class": LightningDataModule,
         "subclass_mode_model": True,
         "subclass_mode_data": True,
+        # config.yaml in the run folder, and the same resolved config to every logger (the W&B run config)
+        "save_config_callback": SaveAndLogConfig,
         "save_config_kwargs": {"overwrite": True},
         "parser_kwargs": {"exit_on_error": False, "prog": "unveil"},
         "auto_configure_optimizers": False,  # the pretraining modules configure their own optimiser and schedule
+        # Checkpoints are written to a temporary file beside the target and renamed over it, so a crash while
+        # writing never leaves a truncated last.ckpt. A recipe that sets trainer.plugins replaces this default
+        # (add the writer to its list to keep it).
+        "trainer_defaults": {"plugins": [{"class_path": "unveil.pretrain.resume.AtomicCheckpointIO"}]},
     }
 
 

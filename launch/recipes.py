@@ -51,23 +51,38 @@ def _description(path: Path) -> str:
     return ""
 
 
+PRESETS = "presets"
+"""Sub-folder of the recipes with partial configs (strategy, precision) meant to be stacked after a recipe."""
+
+
 def shipped_recipes() -> list[Recipe]:
-    """Every shipped recipe, sorted by name."""
+    """Every shipped recipe, sorted by name (presets not included: see ``shipped_presets``)."""
     folder = recipes_dir()
     if not folder.is_dir():
         return []
     return [Recipe(p.stem, p, _description(p)) for p in sorted(folder.glob("*.yaml"))]
 
 
+def shipped_presets() -> list[Recipe]:
+    """Every shipped preset (``presets/<name>``), sorted by name: partial configs to stack after a recipe,
+    e.g. ``--config mae_hiera_l_in1k --config presets/fsdp --config presets/bf16``."""
+    folder = recipes_dir() / PRESETS
+    if not folder.is_dir():
+        return []
+    return [Recipe(f"{PRESETS}/{p.stem}", p, _description(p)) for p in sorted(folder.glob("*.yaml"))]
+
+
 def resolve_recipe(value: str) -> Path:
-    """A path to a recipe file: ``value`` itself if it is a file, else the shipped recipe of that name
-    (with or without ``.yaml``). Raises ``RecipeNotFoundError`` otherwise."""
+    """A path to a recipe file: ``value`` itself if it is a file, else the shipped recipe or preset of that
+    name (``mae_hiera_b_in1k``, ``presets/fsdp``; with or without ``.yaml``). Raises ``RecipeNotFoundError``
+    otherwise."""
     path = Path(value).expanduser()
     if path.is_file():
         return path
     name = value.removesuffix(".yaml")
-    if name and "/" not in name and "\\" not in name:
-        shipped = recipes_dir() / f"{name}.yaml"
+    folder, _, stem = name.rpartition("/")
+    if stem and "\\" not in name and folder in ("", PRESETS):
+        shipped = recipes_dir() / folder / f"{stem}.yaml"
         if shipped.is_file():
             return shipped
     raise RecipeNotFoundError(value)

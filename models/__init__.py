@@ -1,5 +1,10 @@
 """Models: plain ``nn.Module``s holding the math (Hiera, MAE, HieraDet trunk, converters)."""
 
+from .convert import (  # noqa: F401
+    ConversionReport,
+    convert_state_dict,
+    detect_format,
+)
 from .hiera import (  # noqa: F401
     Hiera,
     HieraBlock,
@@ -20,6 +25,14 @@ from .hiera import (  # noqa: F401
     undo_windowing,
     unroll,
 )
+from .hieradet import (  # noqa: F401
+    HieraDet,
+    hieradet_base,
+    hieradet_base_plus,
+    hieradet_large,
+    hieradet_small,
+    hieradet_tiny,
+)
 from .mae import (  # noqa: F401
     MAEOutput,
     MaskedAutoencoderHiera,
@@ -33,19 +46,6 @@ from .mae import (  # noqa: F401
     mae_hiera_large_224,
     mae_hiera_small_224,
     mae_hiera_tiny_224,
-)
-from .hieradet import (  # noqa: F401
-    HieraDet,
-    hieradet_base,
-    hieradet_base_plus,
-    hieradet_large,
-    hieradet_small,
-    hieradet_tiny,
-)
-from .convert import (  # noqa: F401
-    ConversionReport,
-    convert_state_dict,
-    detect_format,
 )
 from .mavil import (  # noqa: F401
     MAViL,

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from functools import partial
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
 from timm.models._features import feature_take_indices
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
@@ -29,20 +29,20 @@ __all__ = [
     "HieraBlock",
     "MaskUnitAttention",
     "abs_win_pos_embed",
-    "unroll",
+    "hiera_base_16x224",
+    "hiera_base_224",
+    "hiera_base_plus_16x224",
+    "hiera_base_plus_224",
+    "hiera_huge_16x224",
+    "hiera_huge_224",
+    "hiera_large_16x224",
+    "hiera_large_224",
+    "hiera_small_224",
+    "hiera_tiny_224",
+    "load_hiera_state_dict",
     "reroll",
     "undo_windowing",
-    "load_hiera_state_dict",
-    "hiera_tiny_224",
-    "hiera_small_224",
-    "hiera_base_224",
-    "hiera_base_plus_224",
-    "hiera_large_224",
-    "hiera_huge_224",
-    "hiera_base_16x224",
-    "hiera_base_plus_16x224",
-    "hiera_large_16x224",
-    "hiera_huge_16x224",
+    "unroll",
 ]
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
@@ -334,6 +334,18 @@ class Hiera(nn.Module):
             raise ValueError(f"mask_unit_size {tuple(mask_unit_size)} does not divide by q_stride**q_pool")
         if sep_pos_embed and abs_win_pos_embed:
             raise ValueError("sep_pos_embed and abs_win_pos_embed are exclusive")
+        # The constructor arguments as plain values, so that a checkpoint or an export can rebuild this
+        # architecture (``Hiera(**model.config)``); subclasses replace it with their own.
+        self.config = dict(
+            input_size=tuple(input_size), in_chans=in_chans, embed_dim=embed_dim, num_heads=num_heads,
+            num_classes=num_classes, stages=tuple(stages), q_pool=q_pool, q_stride=tuple(q_stride),
+            mask_unit_size=tuple(mask_unit_size), mask_unit_attn=tuple(bool(a) for a in mask_unit_attn),
+            dim_mul=dim_mul, head_mul=head_mul, patch_kernel=tuple(patch_kernel), patch_stride=tuple(patch_stride),
+            patch_padding=tuple(patch_padding), mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate,
+            head_dropout=head_dropout, head_init_scale=head_init_scale, sep_pos_embed=sep_pos_embed,
+            abs_win_pos_embed=abs_win_pos_embed, global_pos_size=tuple(global_pos_size),
+            pos_embed_antialias=pos_embed_antialias,
+        )
         self.input_size = tuple(input_size)
         self.patch_stride = tuple(patch_stride)
         self.q_stride = tuple(q_stride)

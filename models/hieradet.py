@@ -23,10 +23,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models._features import feature_take_indices
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .hiera import Hiera, LayerNorm, PatchEmbed, abs_win_pos_embed

@@ -17,25 +17,30 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn as nn
 from timm.layers import resample_abs_pos_embed, trunc_normal_
+from torch import nn
 
 from .hiera import Hiera, HieraBlock, LayerNorm, hiera_config, undo_windowing
 
 __all__ = [
     "MAEOutput",
     "MaskedAutoencoderHiera",
-    "mae_hiera_tiny_224",
-    "mae_hiera_small_224",
-    "mae_hiera_base_224",
-    "mae_hiera_base_plus_224",
-    "mae_hiera_large_224",
-    "mae_hiera_huge_224",
     "mae_hiera_base_16x224",
+    "mae_hiera_base_224",
     "mae_hiera_base_plus_16x224",
-    "mae_hiera_large_16x224",
+    "mae_hiera_base_plus_224",
     "mae_hiera_huge_16x224",
+    "mae_hiera_huge_224",
+    "mae_hiera_large_16x224",
+    "mae_hiera_large_224",
+    "mae_hiera_small_224",
+    "mae_hiera_tiny_224",
 ]
+
+
+# Hiera arguments that MaskedAutoencoderHiera does not take: it has no classifier head, and it interpolates
+# absolute-win embeddings as SAM 2 does (pos_embed_antialias=False)
+_HIERA_ONLY_ARGS = ("num_classes", "head_dropout", "head_init_scale", "pos_embed_antialias")
 
 
 class MAEOutput(NamedTuple):
@@ -117,6 +122,12 @@ class MaskedAutoencoderHiera(Hiera):
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         del self.norm, self.head  # the MAE encoder ends in encoder_norm after fusion
+        # Hiera's config less the arguments this class does not take, plus its own (see ``Hiera.config``)
+        self.config = {
+            **{k: v for k, v in self.config.items() if k not in _HIERA_ONLY_ARGS},
+            **dict(mask_ratio=mask_ratio, decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
+                   decoder_num_heads=decoder_num_heads, norm_pix_loss=norm_pix_loss),
+        }
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.in_chans = in_chans

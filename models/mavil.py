@@ -84,6 +84,9 @@ class AudioEncoder(ViTEncoder):
             raise ValueError(f"fbank size {audio_size} does not divide into {patch_size}x{patch_size} patches")
         embed = PatchEmbed(img_size=audio_size, patch_size=patch_size, in_chans=1, embed_dim=embed_dim)
         super().__init__(embed, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate)
+        # The constructor arguments, so that an exported encoder can be rebuilt (``AudioEncoder(**config)``).
+        self.config = dict(audio_size=audio_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                           num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
         self.audio_size = audio_size
         self.patch_size = patch_size
 
@@ -118,6 +121,10 @@ class VideoEncoder(ViTEncoder):
     ):
         embed = TubeletEmbed(image_size, patch_size, 3, embed_dim, num_frames=num_frames, tubelet_frames=tubelet_frames)
         super().__init__(embed, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate)
+        # The constructor arguments, so that an exported encoder can be rebuilt (``VideoEncoder(**config)``).
+        self.config = dict(num_frames=num_frames, image_size=image_size, patch_size=patch_size,
+                           tubelet_frames=tubelet_frames, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                           mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
         self.num_frames = num_frames
         self.image_size = image_size
         self.patch_size = patch_size

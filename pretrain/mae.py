@@ -4,6 +4,9 @@ The model (``unveil.models``) holds the math: masking, encoder, decoder, loss an
 This module holds what training adds: the optimiser (AdamW, the linear lr scaling rule, no weight decay on
 norms, biases and position embeddings), a per-step warmup + cosine schedule, logging, and pictures of
 reconstructions of a fixed set of samples with a fixed mask, so that pictures from different steps compare.
+Training masks and drop path are drawn from seeds of (run seed, epoch, batch), never from the global RNG state,
+so a resumed run repeats the uninterrupted one, and DDP ranks mask as one process with their joint batch would
+(``unveil.pretrain.resume``).
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -20,24 +22,24 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import default_collate
 from unveil.models import MaskedAutoencoderHiera
-from unveil.pretrain.optim import scaled_lr, warmup_cosine_scheduler, weight_decay_param_groups
+from unveil.pretrain.checkpoints import record_architecture
+from unveil.pretrain.optim import (
+    no_weight_decay_names,
+    scaled_lr,
+    warmup_cosine_scheduler,
+    weight_decay_param_groups,
+)
+from unveil.pretrain.resume import (
+    global_batch_mask,
+    restore_train_loader_position,
+    seeded_rng,
+    step_rng,
+    step_seed,
+)
 from unveil.pretrain.visualize import ReconstructionPictures, reconstruction_grid, save_grid, send_to_loggers
 
 INPUT_KEYS: tuple[str, ...] = ("video", "image")
 """Batch keys the module reads its input from, in order of preference, when ``input_key`` is not set."""
-
-
-@contextmanager
-def seeded_rng(seed: int, device: torch.device):
-    """Run the block with the global RNGs (CPU, and ``device`` if CUDA) seeded, restoring them afterwards.
-
-    Used so that validation masks and picture masks are the same at every step without disturbing training.
-    """
-    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(seed)
-        yield
 
 
 class MAEPretrainModule(ReconstructionPictures, pl.LightningModule):
@@ -92,6 +94,9 @@ class MAEPretrainModule(ReconstructionPictures, pl.LightningModule):
             raise ValueError(f"log_images_every_n_steps must be >= 0, got {log_images_every_n_steps}")
         self.save_hyperparameters(ignore=["model"])
         self.model = model
+        # Decided on the bare model: a strategy such as FSDP may wrap and flatten its parameters before
+        # configure_optimizers runs.
+        self.no_decay_names = no_weight_decay_names(model)
         self.base_lr = base_lr
         self.lr = lr
         self.weight_decay = weight_decay
@@ -136,7 +141,10 @@ class MAEPretrainModule(ReconstructionPictures, pl.LightningModule):
         x = self.get_input(batch)
         if self._pictures_enabled() and self._vis_input is None:
             self._init_pictures(x)
-        out = self.model(x)
+        # Masks and drop path depend on (run seed, epoch, batch) only: a resumed run draws what the
+        # uninterrupted one drew, and the masks of R ranks with batch b are those of 1 process with R * b.
+        with step_rng(self, batch_idx, x.device):
+            out = self.model(x, mask=self.training_mask(x, batch_idx))
         self.log("train/loss", out.loss, prog_bar=True, batch_size=x.shape[0])
         self.log("train/lr", self._current_lr(), prog_bar=False, batch_size=x.shape[0])
         now = time.perf_counter()
@@ -145,6 +153,14 @@ class MAEPretrainModule(ReconstructionPictures, pl.LightningModule):
             self.log("train/samples_per_sec", samples / (now - self._step_timer), batch_size=x.shape[0])
         self._step_timer = now
         return out.loss
+
+    def training_mask(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """[B, #mask units] keep mask of this rank's training batch ``x``: its rows of a mask drawn for the
+        global batch from a seed of (run seed, epoch, ``batch_idx``), see ``global_batch_mask``."""
+        trainer = self._trainer
+        rank, world_size = (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
+        seed = step_seed(self, batch_idx, "mask", per_rank=False)
+        return global_batch_mask(self.model, x, seed, rank, world_size)
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, batch_idx, "val")
@@ -221,7 +237,7 @@ class MAEPretrainModule(ReconstructionPictures, pl.LightningModule):
             warmup = round(self.warmup_epochs * self._steps_per_epoch()) if self.warmup_epochs else 0
         if math.isfinite(total_steps):
             warmup = min(warmup, int(total_steps))
-        groups = weight_decay_param_groups(self.model, self.weight_decay)
+        groups = weight_decay_param_groups(self.model, self.weight_decay, no_decay_names=self.no_decay_names)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.betas)
         scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup, self.min_lr)
         rank_zero_info(f"MAE pretraining: {int(total_steps)} optimiser steps, {warmup} of warmup")
@@ -231,9 +247,14 @@ class MAEPretrainModule(ReconstructionPictures, pl.LightningModule):
         # timm schedulers are driven by the number of optimiser steps taken so far.
         scheduler.step_update(num_updates=self.global_step)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The model's class and constructor arguments, so that `unveil export` can rebuild it from the file alone.
+        record_architecture(checkpoint, self.model)
+
     # ----------------------------------------------------------------------------------------- pictures
 
     def on_train_start(self) -> None:
+        restore_train_loader_position(self.trainer)  # before the first batch (Lightning issue #20550)
         self._set_picture_dir()
         self._step_timer = None
 
@@ -286,15 +307,16 @@ class MAEPretrainModule(ReconstructionPictures, pl.LightningModule):
     def log_reconstructions(self) -> Path | None:
         """Draw the fixed samples' reconstructions; save ``reconstructions/step_XXXXXX.png`` and log them.
 
-        Only global rank 0 draws; returns the PNG's path there (None elsewhere, or if already drawn).
+        Every rank runs the forward pass (with FSDP each holds a shard of the weights, and all must take part);
+        only global rank 0 saves; returns the PNG's path there (None elsewhere, or if already drawn).
         """
         step = self.global_step
         if self._vis_input is None or step == self._last_vis_step:
             return None
         self._last_vis_step = step
+        grid = self.reconstruction_picture(self._vis_input.to(self.device))
         if not self.trainer.is_global_zero:
             return None
-        grid = self.reconstruction_picture(self._vis_input.to(self.device))
         vis_dir = self._vis_dir or Path(self.trainer.default_root_dir) / "reconstructions"
         path = save_grid(grid, vis_dir / f"step_{step:06d}.png")
         send_to_loggers(self.trainer.loggers, "reconstructions", grid, step)

@@ -33,9 +33,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import default_collate
 from torchvision.utils import make_grid
 from unveil.models.mavil import MAViL, MAViLMasks, MAViLOutput, masked_mse
+from unveil.pretrain.checkpoints import record_architecture
 from unveil.pretrain.contrastive import retrieval_recall, symmetric_info_nce
-from unveil.pretrain.mae import seeded_rng
-from unveil.pretrain.optim import scaled_lr, warmup_cosine_scheduler, weight_decay_param_groups
+from unveil.pretrain.optim import (
+    no_weight_decay_names,
+    scaled_lr,
+    warmup_cosine_scheduler,
+    weight_decay_param_groups,
+)
+from unveil.pretrain.resume import restore_train_loader_position, seeded_rng, step_rng
 from unveil.pretrain.visualize import ReconstructionPictures, reconstruction_grid, save_grid, send_to_loggers
 
 __all__ = ["MAViLPretrainModule", "MAViLSelfTrainModule", "load_mavil_state_dict", "spectrogram_grid"]
@@ -201,10 +207,19 @@ class _MAViLModule(pl.LightningModule):
     def compute_losses(self, batch: Mapping[str, torch.Tensor], masks: MAViLMasks | None = None) -> dict:
         raise NotImplementedError
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The model's class and constructor arguments, so that `unveil export` can rebuild it from the file alone.
+        record_architecture(checkpoint, self.model)
+
     # ---- steps ------------------------------------------------------------------------------------
 
+    def on_train_start(self) -> None:
+        restore_train_loader_position(self.trainer)  # before the first batch (Lightning issue #20550)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        losses = self.compute_losses(batch)
+        # Masks and drop path depend on (run seed, epoch, batch, rank) only, so a resumed run draws the same.
+        with step_rng(self, batch_idx, batch["fbank"].device):
+            losses = self.compute_losses(batch)
         size = batch["fbank"].shape[0]
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=size)
@@ -312,8 +327,8 @@ class _MAViLModule(pl.LightningModule):
         if math.isfinite(total_steps):
             warmup = min(warmup, int(total_steps))
         # Only the trained model: stage 2's teacher is not a submodule, so it never reaches the optimiser.
-        optimizer = torch.optim.AdamW(weight_decay_param_groups(self.model, self.weight_decay), lr=lr,
-                                      betas=self.betas)
+        groups = weight_decay_param_groups(self.model, self.weight_decay, no_decay_names=self.no_decay_names)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.betas)
         scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup, self.min_lr)
         rank_zero_info(f"{name}: {int(total_steps)} optimiser steps, {warmup} of warmup")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -387,6 +402,7 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
             raise ValueError(f"log_images_every_n_steps must be >= 0, got {log_images_every_n_steps}")
         self.save_hyperparameters(ignore=["model"])
         self.model = model
+        self.no_decay_names = no_weight_decay_names(model)  # on the bare model, before FSDP can flatten it
         self._init_training(base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr, inter_weight,
                             intra_weight, inter_temperature, intra_temperature, gather_negatives, retrieval_ks,
                             vis_seed)
@@ -422,6 +438,7 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
     # ---- pictures ---------------------------------------------------------------------------------
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         self._set_picture_dir()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -471,14 +488,15 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
 
     def log_reconstructions(self) -> list[Path] | None:
         """Draw the fixed samples; save ``reconstructions/{spectrogram,video}_step_XXXXXX.png`` and log them.
-        Only global rank 0 draws; returns the PNG paths there (None elsewhere, or if this step is drawn)."""
+        Every rank runs the forward pass (with FSDP each holds a shard of the weights, and all must take part);
+        only global rank 0 saves; returns the PNG paths there (None elsewhere, or if this step is drawn)."""
         step = self.global_step
         if self._vis_batch is None or step == self._last_vis_step:
             return None
         self._last_vis_step = step
+        spectrogram, frames = self.reconstruction_pictures(self._vis_batch["fbank"], self._vis_batch["video"])
         if not self.trainer.is_global_zero:
             return None
-        spectrogram, frames = self.reconstruction_pictures(self._vis_batch["fbank"], self._vis_batch["video"])
         vis_dir = self._vis_dir or Path(self.trainer.default_root_dir) / "reconstructions"
         paths = []
         for name, grid in (("spectrogram", spectrogram), ("video", frames)):
@@ -565,6 +583,7 @@ class MAViLSelfTrainModule(_MAViLModule):
 
         self.save_hyperparameters(ignore=["model", "teacher"])
         self.model = model
+        self.no_decay_names = no_weight_decay_names(model)  # on the bare model, before FSDP can flatten it
         # Not a submodule: kept out of parameters(), the optimiser, DDP and state_dict().
         object.__setattr__(self, "_teacher", teacher)
         self.teacher_checkpoint = str(teacher_checkpoint)

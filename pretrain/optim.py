@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
+from fnmatch import fnmatchcase
 
 import torch
-from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
@@ -26,14 +26,60 @@ def scaled_lr(base_lr: float, effective_batch_size: int, reference: int = REFERE
     return base_lr * effective_batch_size / reference
 
 
-def weight_decay_param_groups(
-    model: nn.Module, weight_decay: float, no_weight_decay: Collection[str] | None = None
-) -> list[dict]:
-    """AdamW parameter groups: every 1-D parameter (norms, biases) and every name (or glob) in
-    ``no_weight_decay`` (default: ``model.no_weight_decay()``, the position embeddings) get no weight decay."""
+WRAPPER_NAME_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+"""What FSDP, activation checkpointing and ``torch.compile`` insert into parameter names."""
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter name as the bare model spells it (wrapper segments removed)."""
+    for part in WRAPPER_NAME_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def no_weight_decay_names(model: nn.Module, no_weight_decay: Collection[str] | None = None) -> frozenset[str]:
+    """Names of the parameters that get no weight decay: every 1-D parameter and bias (norms, biases), and every
+    name matching a glob in ``no_weight_decay`` (default: ``model.no_weight_decay()``, the position embeddings).
+
+    Call it on the bare model, before a strategy wraps it: FSDP flattens parameters into 1-D shards, so their
+    shapes no longer tell a weight matrix from a bias.
+    """
     if no_weight_decay is None:
         no_weight_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
-    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=set(no_weight_decay))
+    patterns = tuple(no_weight_decay)
+    names = (unwrapped_name(name) for name, param in model.named_parameters() if param.ndim <= 1)
+    return frozenset(names) | frozenset(
+        unwrapped_name(name)
+        for name, _ in model.named_parameters()
+        if name.endswith(".bias") or any(fnmatchcase(unwrapped_name(name), p) for p in patterns)
+    )
+
+
+def weight_decay_param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    no_weight_decay: Collection[str] | None = None,
+    no_decay_names: Collection[str] | None = None,
+) -> list[dict]:
+    """AdamW parameter groups: no weight decay for 1-D parameters (norms, biases) and for the names (or globs) in
+    ``no_weight_decay`` (default: ``model.no_weight_decay()``, the position embeddings).
+
+    ``no_decay_names``: the no-decay set worked out earlier on the bare model with :func:`no_weight_decay_names`.
+    Give it when ``model`` may be wrapped by FSDP; names are compared without the wrappers' segments.
+    """
+    if no_decay_names is None:
+        no_decay_names = no_weight_decay_names(model, no_weight_decay)
+    no_decay_names = frozenset(no_decay_names)
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if unwrapped_name(name) in no_decay_names else decay).append(param)
+    groups = []
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    return groups
 
 
 def warmup_cosine_scheduler(

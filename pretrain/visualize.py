@@ -53,6 +53,14 @@ def reconstruction_grid(
     return make_grid(tiles, nrow=len(PANELS), padding=padding, pad_value=1.0)
 
 
+def grid_pixels(grid: torch.Tensor) -> torch.Tensor:
+    """``grid`` [3, H, W] in [0, 1] as uint8 [3, H, W], rounded the way ``save_image`` rounds for the PNG.
+
+    Every logger gets these pixels, so the picture in W&B or TensorBoard is the PNG in the run folder, bit for bit.
+    """
+    return grid.detach().float().cpu().mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+
+
 def save_grid(grid: torch.Tensor, path: str | Path) -> Path:
     """Write ``grid`` [3, H, W] in [0, 1] as a PNG, creating the folder."""
     path = Path(path)
@@ -62,18 +70,21 @@ def save_grid(grid: torch.Tensor, path: str | Path) -> Path:
 
 
 def send_to_loggers(loggers: Sequence, tag: str, grid: torch.Tensor, step: int) -> None:
-    """Send ``grid`` to every logger that takes images: W&B (``log_image``), TensorBoard (``add_image``).
+    """Send ``grid`` [3, H, W] in [0, 1] to every logger that takes images, at training step ``step``.
 
-    Others (e.g. CSVLogger) are skipped: the PNG in the run folder is the record.
+    W&B: ``log_image`` (a media file in the run, plotted against ``trainer/global_step``, captioned with the
+    panel names); TensorBoard: ``add_image``. Others (e.g. CSVLogger) are skipped: the PNG in the run folder is
+    the record.
     """
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
+    pixels = grid_pixels(grid)  # [3, H, W] uint8
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            image = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()  # HWC uint8
-            logger.log_image(key=tag, images=[image], step=step, caption=[" | ".join(PANELS)])
+            logger.log_image(key=tag, images=[pixels.permute(1, 2, 0).numpy()], step=step,  # HWC for wandb.Image
+                             caption=[" | ".join(PANELS)])
         elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(tag, grid, global_step=step)
+            logger.experiment.add_image(tag, pixels, global_step=step)  # CHW uint8: no rescaling by TensorBoard
 
 
 class ReconstructionPictures:

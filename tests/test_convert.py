@@ -9,7 +9,6 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-
 from unveil.models.convert import (
     ConversionReport,
     convert_state_dict,
@@ -23,10 +22,10 @@ from unveil.models.convert import (
     to_official,
     unwrap_state_dict,
 )
-from unveil.pretrain.checkpoints import load_checkpoint_state
 from unveil.models.hiera import hiera_base_16x224, hiera_tiny_224
-from unveil.models.mae import mae_hiera_tiny_224
 from unveil.models.hieradet import hieradet_tiny
+from unveil.models.mae import mae_hiera_tiny_224
+from unveil.pretrain.checkpoints import load_checkpoint_state
 
 with warnings.catch_warnings():  # hiera-transformer imports timm.models.layers (deprecated)
     warnings.simplefilter("ignore", FutureWarning)

@@ -10,7 +10,6 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-
 from unveil.models.convert import official_to_sam2, official_to_timm_sam2, sam2_to_official
 from unveil.models.hiera import Hiera, abs_win_pos_embed
 from unveil.models.hieradet import CONFIGS, HieraDet, hieradet_base_plus, hieradet_tiny, window_partition

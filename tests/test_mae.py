@@ -5,7 +5,6 @@ import warnings
 
 import pytest
 import torch
-
 from unveil.models import Hiera, MaskedAutoencoderHiera, mae_hiera_tiny_224, reroll, unroll
 
 TINY_IMAGE = dict(

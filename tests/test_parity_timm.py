@@ -14,9 +14,8 @@ import warnings
 import pytest
 import timm
 import torch
-from timm.models.hiera import Hiera as TimmHiera
-
 import unveil.models.hiera as U
+from timm.models.hiera import Hiera as TimmHiera
 from unveil.models.convert import official_to_timm
 
 with warnings.catch_warnings():  # hiera-transformer imports timm.models.layers (deprecated)

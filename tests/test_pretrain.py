@@ -254,3 +254,31 @@ def test_grid_layout_and_logger_dispatch():
     assert wandb.log_image.call_args.kwargs["step"] == 7
     tensorboard.experiment.add_image.assert_called_once()
     assert not csv.method_calls
+
+
+def test_param_groups_survive_fsdp_style_wrapping():
+    """FSDP flattens every parameter into a 1-D shard and renames it; the groups decided on the bare model
+    must stay the same (otherwise every weight would train without decay)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    from unveil.pretrain.optim import no_weight_decay_names
+
+    model = tiny_image_mae()
+    bare = weight_decay_param_groups(model, weight_decay=0.05)
+    names = {id(p): name for name, p in model.named_parameters()}
+    expected = {g["weight_decay"]: sorted(names[id(p)] for p in g["params"]) for g in bare}
+    no_decay = no_weight_decay_names(model)
+
+    for index, block in enumerate(model.blocks):
+        model.blocks[index] = checkpoint_wrapper(block)  # names gain "_checkpoint_wrapped_module."
+    for module in model.modules():  # flat 1-D shards, as FSDP's use_orig_params views are
+        for key, param in list(module._parameters.items()):
+            if param is not None:
+                module._parameters[key] = torch.nn.Parameter(param.detach().flatten())
+    wrapped_names = {id(p): name.replace("_checkpoint_wrapped_module.", "") for name, p in model.named_parameters()}
+    assert any("_checkpoint_wrapped_module" in name for name, _ in model.named_parameters())
+
+    naive = weight_decay_param_groups(model, weight_decay=0.05)
+    assert [g["weight_decay"] for g in naive] == [0.0]  # the failure this guards against
+    groups = weight_decay_param_groups(model, weight_decay=0.05, no_decay_names=no_decay)
+    got = {g["weight_decay"]: sorted(wrapped_names[id(p)] for p in g["params"]) for g in groups}
+    assert got == expected

@@ -1,5 +1,5 @@
 """Every shipped recipe parses with the ``unveil`` parser; the MAE recipes build their model; paper recipes cite
-their sources.
+their sources, log to W&B and keep the best and the last checkpoints.
 
 Parsing imports every class_path and checks every init_arg against its class's signature. Building stops at the
 model (on the meta device, so Hiera-H costs no memory): the paper recipes point to dataset paths that do not
@@ -9,7 +9,9 @@ arguments type-checked (by the parse) but it is not built.
 
 from __future__ import annotations
 
+import functools
 import re
+import shlex
 from unittest import mock
 
 import pytest
@@ -23,6 +25,8 @@ from unveil.pretrain import MAEPretrainModule
 
 RECIPES = [recipe.name for recipe in shipped_recipes()]
 PAPER_RECIPES = [name for name in RECIPES if name.startswith("mae_hiera_")]
+GPU_RECIPES = PAPER_RECIPES + [name for name in RECIPES if name.startswith("mavil_stage")]
+QUICKSTARTS = [name for name in RECIPES if name.startswith("quickstart")]
 PAPER_SIZES = ["t", "s", "b", "bplus", "l", "h"]
 
 # Keys whose numbers run the job but are no paper hyperparameter (hardware, logging, bookkeeping).
@@ -34,6 +38,12 @@ INFRASTRUCTURE_KEYS = {
 }
 SOURCE = re.compile(r"Hiera (Table \d+|Sec\. \d)|official code|MAE-ST|MAE\b")
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+@functools.cache
+def parsed(name: str):
+    """``parse_recipe(name)``, once per recipe for this module (parsing imports and checks every class: ~0.5 s)."""
+    return parse_recipe(name)
 
 
 def build_model(config) -> LightningModule:
@@ -62,7 +72,7 @@ def test_recipe_parses_and_its_classes_resolve(name):
     """Every shipped recipe, whoever owns it: parsed by the CLI's parser, model and data classes importable."""
     from jsonargparse._util import import_object
 
-    config = parse_recipe(name)
+    config = parsed(name)
     assert issubclass(import_object(config.model.class_path), LightningModule)
     assert issubclass(import_object(config.data.class_path), LightningDataModule)
 
@@ -72,7 +82,7 @@ MAE_RECIPES = [name for name in RECIPES if name.startswith("mae_hiera_") or name
 
 @pytest.mark.parametrize("name", MAE_RECIPES)
 def test_mae_recipe_builds_its_model_and_agrees_with_its_data(name):
-    config = parse_recipe(name)
+    config = parsed(name)
     assert config.model.class_path == "unveil.pretrain.MAEPretrainModule"
     module = build_model(config)
     assert isinstance(module, MAEPretrainModule) and isinstance(module.model, MaskedAutoencoderHiera)
@@ -88,7 +98,7 @@ def test_mae_recipe_builds_its_model_and_agrees_with_its_data(name):
 
 @pytest.mark.parametrize("name", PAPER_RECIPES)
 def test_paper_recipe_targets_gpus_and_real_data(name):
-    config = parse_recipe(name)
+    config = parsed(name)
     assert config.trainer.accelerator == "gpu" and config.trainer.precision == "bf16-mixed"
     assert config.trainer.strategy == "ddp"
     data = config.data.init_args
@@ -128,9 +138,73 @@ def test_quickstart_recipes_say_they_are_not_paper_values():
         text = (recipes_dir() / f"{name}.yaml").read_text()
         assert "not paper values" in text.splitlines()[0]
         assert "WandbLogger" in text  # how to switch loggers
-        config = parse_recipe(name)
+        config = parsed(name)
         assert config.trainer.accelerator == "cpu" and config.trainer.devices == 1
         assert config.trainer.logger.class_path.endswith("TensorBoardLogger")
         assert config.trainer.default_root_dir == f"runs/{name}"
         size = config.model.init_args.model.init_args.input_size[-1]
         assert size % 32 == 0, "the token grid (size / 4) must divide into 8x8-token mask units"
+
+
+# --------------------------------------------------------------------------------------- logging and checkpoints
+
+
+def checkpoint_callbacks(config) -> list:
+    return [callback.init_args for callback in config.trainer.callbacks
+            if callback.class_path == "lightning.pytorch.callbacks.ModelCheckpoint"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_keeps_the_best_and_the_last_checkpoint(name):
+    """Every recipe validates, so each keeps the checkpoint of lowest val/loss (the key both pretraining modules log)
+    and last.ckpt, with a periodic save of last.ckpt; the callbacks share one folder and one last.ckpt."""
+    config = parsed(name)
+    data = config.data.init_args
+    assert config.trainer.limit_val_batches != 0 and (data.get("csv_val") or data.get("val_split"))
+    checkpoints = checkpoint_callbacks(config)
+    best = [c for c in checkpoints if c.monitor is not None]
+    periodic = [c for c in checkpoints if c.every_n_train_steps]
+    assert len(best) == 1 and len(periodic) == 1 and len(checkpoints) == 2
+    (best,), (periodic,) = best, periodic
+    assert (best.monitor, best.mode, best.save_top_k, best.save_last) == ("val/loss", "min", 1, True)
+    assert "/" not in best.filename  # a metric name with '/' in the file name would make a sub-folder
+    assert periodic.save_last is True and periodic.save_top_k == 0 and periodic.monitor is None
+    assert best.dirpath == periodic.dirpath
+    assert not best.enable_version_counter and not periodic.enable_version_counter  # one last.ckpt, no last-v1
+    if name in GPU_RECIPES:
+        assert periodic.every_n_train_steps == 1000
+        assert best.dirpath == f"{config.trainer.default_root_dir}/checkpoints"
+    else:  # a periodic save at the final step puts the final state in last.ckpt (Lightning copies it only on a save)
+        assert config.trainer.max_steps % periodic.every_n_train_steps == 0
+
+
+@pytest.mark.parametrize("name", GPU_RECIPES)
+def test_paper_recipe_logs_to_wandb(name):
+    config = parsed(name)
+    logger = config.trainer.logger
+    assert logger.class_path == "lightning.pytorch.loggers.WandbLogger"
+    args = logger.init_args
+    assert args.project == "unveil" and args.group == name and args.save_dir == f"runs/{name}"
+    assert config.trainer.default_root_dir == args.save_dir
+    assert args.resume == "allow" and args.id is None and args.entity is None and args.name is None
+    assert args.tags and args.tags[0] == name.split("_")[0] and all(tag in name.replace("hiera_", "hiera-")
+                                                                    for tag in args.tags)
+    header = (recipes_dir() / f"{name}.yaml").read_text().split("\nseed_everything:")[0]
+    assert "WANDB_MODE=offline" in header and "--trainer.logger=CSVLogger" in header and "--ckpt_path last" in header
+
+
+@pytest.mark.parametrize("name", QUICKSTARTS)
+def test_quickstart_comment_switches_to_wandb_with_one_setting(name):
+    """Quickstarts log to TensorBoard (no account needed); the command in their comment switches to W&B, keeping the
+    TensorBoard folder as the W&B save_dir."""
+    config = parsed(name)
+    assert config.trainer.logger.class_path == "lightning.pytorch.loggers.TensorBoardLogger"
+    lines = [line for line in (recipes_dir() / f"{name}.yaml").read_text().splitlines()
+             if line.startswith(f"#   unveil fit --config {name} --trainer.logger=")]
+    assert len(lines) == 1, "the comment shows the switch to W&B"
+    words = shlex.split(lines[0].lstrip("# "))
+    assert words[:4] == ["unveil", "fit", "--config", name] and len(words) == 5
+    switched = parse_recipe(name, words[4]).trainer.logger
+    assert switched.class_path == "lightning.pytorch.loggers.WandbLogger"
+    assert switched.init_args.project == "unveil"
+    assert switched.init_args.save_dir == config.trainer.logger.init_args.save_dir

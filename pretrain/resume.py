@@ -1,0 +1,195 @@
+"""Exact resumption of pretraining, and checkpoints that a crash cannot corrupt.
+
+A run killed at step k and resumed from its step-k checkpoint computes, bit for bit on the CPU, the same
+losses and weights as the run that was never interrupted. Lightning restores the weights, the optimiser,
+the learning-rate schedule, the loop counters and the mixed-precision scaler; the rest is here and in
+``unveil.datasets.common``:
+
+- **data**: the training loader's order and augmentations are functions of ``(seed, epoch, sample)``
+  and its position is saved in checkpoints (``ResumableLoader``); ``restore_train_loader_position``
+  makes sure Lightning actually applies that position (see its docstring).
+- **model randomness**: each training step runs under a generator seeded from ``(run seed, epoch,
+  batch index, rank)`` (``step_rng``), never from the global RNG state a resumed process does not have.
+  MAE masks are drawn for the whole global batch and each rank takes its rows (``global_batch_mask``),
+  so ``R`` ranks with batch ``b`` mask exactly as one process with batch ``R * b``.
+- **checkpoint files**: ``AtomicCheckpointIO`` writes next to the target and renames, so ``last.ckpt``
+  is always a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from unveil.datasets.common import derive_seed, run_seed
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "global_batch_mask",
+    "restore_train_loader_position",
+    "seeded_rng",
+    "step_rng",
+    "step_seed",
+]
+
+
+# ------------------------------------------------------------------------------------------ randomness
+
+
+@contextmanager
+def seeded_rng(seed: int, device: torch.device):
+    """Run the block with the global RNGs (CPU, and ``device`` if CUDA) seeded, restoring them afterwards.
+
+    Used so that validation masks and picture masks are the same at every step without disturbing training,
+    and so that each training step's randomness depends on the step only (``step_rng``).
+    """
+    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _rank_and_world_size(module) -> tuple[int, int]:
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None:
+        return 0, 1
+    return trainer.global_rank, trainer.world_size
+
+
+def step_seed(module, batch_idx: int, purpose: str, per_rank: bool = True) -> int:
+    """The seed of one kind of randomness (``purpose``) of one training batch: a function of the run seed
+    (``seed_everything``), the epoch, the batch index in the epoch and, if ``per_rank``, the DDP rank.
+
+    Epoch and batch index rather than ``global_step``: with gradient accumulation several batches share a
+    step. Both are restored from a checkpoint, so a resumed run draws the same numbers.
+    """
+    parts: list[Any] = [run_seed(), purpose, module.current_epoch, batch_idx]
+    if per_rank:
+        parts.append(_rank_and_world_size(module)[0])
+    return derive_seed(*parts)
+
+
+@contextmanager
+def step_rng(module, batch_idx: int, device: torch.device, purpose: str = "forward"):
+    """Run a training step's forward pass with the global RNGs seeded by ``step_seed`` (per rank), e.g. for
+    drop path; activation checkpointing replays the same state when it recomputes."""
+    with seeded_rng(step_seed(module, batch_idx, purpose), device):
+        yield
+
+
+def global_batch_mask(model, x: torch.Tensor, seed: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """This rank's rows of a random MAE keep mask drawn for the whole global batch.
+
+    ``model.get_random_mask`` draws [world_size * B, #mask units] (True = keep) from ``seed``; rank ``r``
+    gets rows ``r * B`` to ``(r + 1) * B``, the rows its samples occupy in the global batch (the training
+    loader gives each rank a contiguous share, see ``ResumableSampler``). The noise costs
+    ``world_size * B * #units`` floats on ``x``'s device, which is small next to the activations.
+
+    Args:
+        model: a ``MaskedAutoencoderHiera`` (``get_random_mask``, ``mask_ratio``).
+        x: this rank's input [B, C, (T,) H, W]; only its shape and device are used.
+        seed, rank, world_size: the step's seed (the same on every rank), this rank, the number of ranks.
+    """
+    local = x.shape[0]
+    everyone = x[:1].expand(local * world_size, *x.shape[1:])  # the global batch's shape, no copy
+    with seeded_rng(seed, x.device):
+        mask = model.get_random_mask(everyone, model.mask_ratio)
+    return mask[rank * local : (rank + 1) * local]
+
+
+# ------------------------------------------------------------------------------------------ data position
+
+
+def restore_train_loader_position(trainer) -> bool:
+    """In a run resumed from a checkpoint, restart the training batches from the restored position; call it
+    from ``on_train_start``. Returns whether it did (False in a run that did not resume).
+
+    Lightning 2.6 builds the training loaders and their first iterator when ``configure_optimizers`` reads
+    ``trainer.estimated_stepping_batches`` (every module here does: the schedule needs the step count), which
+    is before it restores the checkpoint. The loaders' saved states are then never loaded (Lightning issue
+    #20550), and the iterator, which may already have fetched batches, starts from epoch 0's beginning
+    (a ``ShardLoader`` reads its epoch from the trainer when the iterator is made). Here, after the restore
+    and before the first batch, pending loader states are loaded and the iterator is made again. Loaders
+    that keep their resume position for the whole resumed epoch (``ResumableLoader``) give the same
+    batches whether or not Lightning had already loaded their state.
+    """
+    if trainer.ckpt_path is None:
+        return False
+    fit_loop = trainer.fit_loop
+    loaders = getattr(fit_loop, "_combined_loader", None)
+    fetcher = getattr(fit_loop, "_data_fetcher", None)
+    if loaders is None or fetcher is None:
+        return False
+    states = getattr(fit_loop, "_combined_loader_states_to_load", None)
+    if states:
+        loaders._load_state_dicts(states)
+        fit_loop._combined_loader_states_to_load = []
+    iter(fetcher)
+    return True
+
+
+# ------------------------------------------------------------------------------------------ checkpoint files
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint writer whose files are either the old checkpoint or the complete new one, never a part.
+
+    Lightning's own writer serialises into memory, then, inside an fsspec transaction, writes a temporary
+    file in the system temp folder and moves it onto the target. When that folder is on another file
+    system than the checkpoints (``/tmp`` on a node's local disk, checkpoints on a shared one), the move is
+    a copy, and a crash during the copy leaves a truncated ``last.ckpt``; nothing is flushed to disk, so a
+    node crash can also leave a renamed but empty file. This writer streams ``torch.save`` into a hidden
+    temporary file in the target's own folder (``.last.ckpt.<pid>.<random>.tmp``), ``fsync``s it, renames it over the
+    target with ``os.replace`` (atomic on POSIX and Windows within one file system) and ``fsync``s the
+    folder. A failed write removes its temporary file; one left by a killed process is removed by the next
+    save of the same file. Paths on remote file systems (``s3://``, ...) go to Lightning's writer, whose
+    object uploads are all-or-nothing already.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
+        if not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().save_checkpoint(checkpoint, path)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):  # left by a process killed mid-write
+            with suppress(OSError):
+                stale.unlink()
+        temporary = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        # Mode 0o666 minus the umask, like any file the user writes (tempfile.mkstemp would make it 0600).
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(temporary)
+            raise
+        _fsync_folder(target.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist a rename (the folder entry) to disk; folders cannot be opened this way on Windows."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
