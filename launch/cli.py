@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from unveil.launch.recipes import RecipeNotFoundError, resolve_recipe, shipped_recipes
+from unveil.launch.recipes import RecipeNotFoundError, resolve_recipe, shipped_presets, shipped_recipes
 
 EXIT_USAGE = 2
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
@@ -332,6 +332,12 @@ def list_recipes(out=None) -> None:
     width = max((len(r.name) for r in recipes), default=0)
     for recipe in recipes:
         out.write(f"{recipe.name:<{width}}  {recipe.description}\n")
+    presets = shipped_presets()
+    if presets:
+        out.write("\npresets (stack after a recipe: --config RECIPE --config presets/NAME)\n")
+        width = max(len(p.name) for p in presets)
+        for preset in presets:
+            out.write(f"{preset.name:<{width}}  {preset.description}\n")
 
 
 def run_synth(argv: list[str]) -> None:

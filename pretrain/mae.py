@@ -12,7 +12,6 @@ so a resumed run repeats the uninterrupted one, and DDP ranks mask as one proces
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from unveil.pretrain.resume import (
     step_rng,
     step_seed,
 )
+from unveil.pretrain.throughput import SamplesPerSecond
 from unveil.pretrain.visualize import ReconstructionPictures, reconstruction_grid, save_grid, send_to_loggers
 
 INPUT_KEYS: tuple[str, ...] = ("video", "image")
@@ -115,7 +115,7 @@ class MAEPretrainModule(ReconstructionPictures, pl.LightningModule):
         # Filled in at fit time.
         self.effective_batch_size: int | None = None
         self.peak_lr: float | None = None
-        self._step_timer: float | None = None
+        self.samples_per_sec = SamplesPerSecond()
         self._vis_dir: Path | None = None
         self._vis_input: torch.Tensor | None = None
         self._vis_mask: torch.Tensor | None = None
@@ -147,11 +147,7 @@ class MAEPretrainModule(ReconstructionPictures, pl.LightningModule):
             out = self.model(x, mask=self.training_mask(x, batch_idx))
         self.log("train/loss", out.loss, prog_bar=True, batch_size=x.shape[0])
         self.log("train/lr", self._current_lr(), prog_bar=False, batch_size=x.shape[0])
-        now = time.perf_counter()
-        if self._step_timer is not None and now > self._step_timer:
-            samples = x.shape[0] * self.trainer.world_size
-            self.log("train/samples_per_sec", samples / (now - self._step_timer), batch_size=x.shape[0])
-        self._step_timer = now
+        self.samples_per_sec.log(self, x.shape[0])
         return out.loss
 
     def training_mask(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -256,7 +252,7 @@ class MAEPretrainModule(ReconstructionPictures, pl.LightningModule):
     def on_train_start(self) -> None:
         restore_train_loader_position(self.trainer)  # before the first batch (Lightning issue #20550)
         self._set_picture_dir()
-        self._step_timer = None
+        self.samples_per_sec.reset()
 
     def _vis_samples_from_val(self) -> torch.Tensor | None:
         """``num_vis_samples`` validation inputs spread over the validation set, or None if there is none."""

@@ -42,6 +42,7 @@ from unveil.pretrain.optim import (
     weight_decay_param_groups,
 )
 from unveil.pretrain.resume import restore_train_loader_position, seeded_rng, step_rng
+from unveil.pretrain.throughput import SamplesPerSecond
 from unveil.pretrain.visualize import ReconstructionPictures, reconstruction_grid, save_grid, send_to_loggers
 
 __all__ = ["MAViLPretrainModule", "MAViLSelfTrainModule", "load_mavil_state_dict", "spectrogram_grid"]
@@ -157,6 +158,7 @@ class _MAViLModule(pl.LightningModule):
         self.inter_weight, self.intra_weight = inter_weight, intra_weight
         self.inter_temperature, self.intra_temperature = inter_temperature, intra_temperature
         self.gather_negatives = gather_negatives
+        self.samples_per_sec = SamplesPerSecond()
         self.retrieval_ks = tuple(sorted(set(retrieval_ks)))
         self.vis_seed = vis_seed
         self.effective_batch_size: int | None = None
@@ -215,6 +217,7 @@ class _MAViLModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         restore_train_loader_position(self.trainer)  # before the first batch (Lightning issue #20550)
+        self.samples_per_sec.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         # Masks and drop path depend on (run seed, epoch, batch, rank) only, so a resumed run draws the same.
@@ -225,6 +228,8 @@ class _MAViLModule(pl.LightningModule):
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=size)
         if self._trainer is not None and self.trainer.optimizers:
             self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), batch_size=size)
+        if self._trainer is not None:
+            self.samples_per_sec.log(self, size)
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:

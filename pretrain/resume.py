@@ -28,11 +28,13 @@ from typing import Any
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from unveil.datasets.common import derive_seed, run_seed
 
 __all__ = [
     "AtomicCheckpointIO",
+    "PeriodicCheckpoint",
     "global_batch_mask",
     "restore_train_loader_position",
     "seeded_rng",
@@ -193,3 +195,23 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+# ------------------------------------------------------------------------------------------ the final state
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` for step-periodic saves that also writes ``last.ckpt`` when training ends.
+
+    Lightning's ``save_last`` only follows a save made by the same callback, so a run whose final step is not
+    a multiple of ``every_n_train_steps`` would end with a ``last.ckpt`` up to that many steps old (and MAViL
+    stage 2 would start from a stale teacher). Here the end of training saves the final state unless this
+    callback already saved at that step.
+    """
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if (self.save_last and not self._should_skip_saving_checkpoint(trainer)
+                and self._last_global_step_saved != trainer.global_step):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        else:
+            super().on_train_end(trainer, pl_module)

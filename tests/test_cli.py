@@ -43,9 +43,13 @@ def recipe_copy(tmp_path: Path, old: str, new: str, name: str = "edited.yaml") -
 def test_recipes_command_lists_every_shipped_recipe(capsys):
     code, out, _ = run_main(capsys, "recipes")
     assert code == 0
-    lines = out.strip().splitlines()
+    recipe_part, _, preset_part = out.strip().partition("\n\npresets")
+    lines = recipe_part.splitlines()
     names = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
     assert [line.split()[0] for line in lines] == names
+    presets = sorted(f"presets/{p.stem}" for p in (recipes_dir() / "presets").glob("*.yaml"))
+    assert [line.split()[0] for line in preset_part.splitlines()[1:]] == presets == [
+        "presets/bf16", "presets/ddp", "presets/fsdp"]
     assert {"quickstart", "quickstart_video", "mae_hiera_b_in1k", "mae_hiera_b_16x224_k400"} <= set(names)
     quickstart = next(line for line in lines if line.split()[0] == "quickstart")
     assert "Hiera-tiny" in quickstart and "#" not in quickstart  # the first comment line, without '#'

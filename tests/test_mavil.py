@@ -311,8 +311,9 @@ def stage1_run(av_root, tmp_path_factory):
 def test_stage1_trains_logs_every_term_retrieval_and_pictures(stage1_run):
     module, trainer, _ = stage1_run
     metrics = trainer.logged_metrics
-    for term in ("loss", "recon_audio", "recon_video", "inter", "intra_audio", "intra_video", "lr"):
+    for term in ("loss", "recon_audio", "recon_video", "inter", "intra_audio", "intra_video", "lr", "samples_per_sec"):
         assert f"train/{term}" in metrics, term
+    assert metrics["train/samples_per_sec"].item() > 0  # logged from the second step on
     for key in ("val/loss", "val/recon_audio", "val/inter", "val/a2v_R@1", "val/a2v_R@5", "val/v2a_R@1",
                 "val/v2a_R@5"):
         assert key in metrics, key

@@ -151,7 +151,8 @@ def test_quickstart_recipes_say_they_are_not_paper_values():
 
 def checkpoint_callbacks(config) -> list:
     return [callback.init_args for callback in config.trainer.callbacks
-            if callback.class_path == "lightning.pytorch.callbacks.ModelCheckpoint"]
+            if callback.class_path in ("lightning.pytorch.callbacks.ModelCheckpoint",
+                                       "unveil.pretrain.resume.PeriodicCheckpoint")]
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -165,6 +166,9 @@ def test_recipe_keeps_the_best_and_the_last_checkpoint(name):
     best = [c for c in checkpoints if c.monitor is not None]
     periodic = [c for c in checkpoints if c.every_n_train_steps]
     assert len(best) == 1 and len(periodic) == 1 and len(checkpoints) == 2
+    # the periodic one also saves the final state when training ends (Lightning's save_last alone does not)
+    assert [c.class_path for c in config.trainer.callbacks if c.init_args in periodic] == [
+        "unveil.pretrain.resume.PeriodicCheckpoint"]
     (best,), (periodic,) = best, periodic
     assert (best.monitor, best.mode, best.save_top_k, best.save_last) == ("val/loss", "min", 1, True)
     assert "/" not in best.filename  # a metric name with '/' in the file name would make a sub-folder
@@ -174,7 +178,7 @@ def test_recipe_keeps_the_best_and_the_last_checkpoint(name):
     if name in GPU_RECIPES:
         assert periodic.every_n_train_steps == 1000
         assert best.dirpath == f"{config.trainer.default_root_dir}/checkpoints"
-    else:  # a periodic save at the final step puts the final state in last.ckpt (Lightning copies it only on a save)
+    else:  # quickstarts save at their final step anyway
         assert config.trainer.max_steps % periodic.every_n_train_steps == 0
 
 

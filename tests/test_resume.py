@@ -17,7 +17,7 @@ from unveil.datasets.common import ResumableLoader, ResumableSampler, SeededSamp
 from unveil.datasets.shards import make_shards
 from unveil.models import MaskedAutoencoderHiera, MAViL
 from unveil.pretrain import MAEPretrainModule, MAViLPretrainModule
-from unveil.pretrain.resume import AtomicCheckpointIO, global_batch_mask
+from unveil.pretrain.resume import AtomicCheckpointIO, PeriodicCheckpoint, global_batch_mask
 
 TINY = {"embed_dim": 16, "num_heads": 1, "stages": (1, 1, 1, 1), "decoder_embed_dim": 16, "decoder_depth": 1,
         "decoder_num_heads": 1}
@@ -332,3 +332,23 @@ def test_lightning_checkpoints_through_the_atomic_writer_resume(images, tmp_path
     assert state["global_step"] == 2
     loader_state = state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert (loader_state["epoch"], loader_state["sample"], loader_state["batches"]) == (0, 8, 2)
+
+
+@pytest.mark.parametrize("periodic_class", [PeriodicCheckpoint, ModelCheckpoint])
+def test_periodic_checkpoint_saves_the_final_state(images, tmp_path, periodic_class):
+    """7 steps with a save every 3: Lightning's ModelCheckpoint leaves last.ckpt at step 6; PeriodicCheckpoint
+    writes the final step too, and the weights in it are the trained module's."""
+    pl.seed_everything(0, verbose=False)
+    module, data = mae_run(images, num_workers=0)
+    periodic = periodic_class(dirpath=tmp_path / "checkpoints", every_n_train_steps=3, save_top_k=0, save_last=True)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=7, max_epochs=-1, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         plugins=[AtomicCheckpointIO()], callbacks=[periodic])
+    trainer.fit(module, datamodule=data)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    if periodic_class is ModelCheckpoint:  # the gap PeriodicCheckpoint closes
+        assert last["global_step"] == 6
+        return
+    assert last["global_step"] == 7
+    for name, value in module.state_dict().items():
+        assert torch.equal(last["state_dict"][name], value), name
