@@ -28,6 +28,7 @@ Tensors are passed through unchanged (no copies): all four layouts store the sam
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -614,41 +615,17 @@ def official_hiera_spec(config: Mapping) -> ModelSpec:
     return ModelSpec("hiera.Hiera", {k: _tuples(v) for k, v in function.items()}, _q_pool_note(config))
 
 
-# SAM 2's released trunks: timm's sam2_hiera_* defaults (sam2_hiera_{t,s,b+,l}.yaml)
-_SAM2_TRUNKS = {
-    "tiny": dict(
-        embed_dim=96,
-        num_heads=1,
-        stages=(1, 2, 7, 2),
-        global_att_blocks=(5, 7, 9),
-        global_pos_size=(7, 7),
-        window_spec=(8, 4, 14, 7),
-    ),
-    "small": dict(
-        embed_dim=96,
-        num_heads=1,
-        stages=(1, 2, 11, 2),
-        global_att_blocks=(7, 10, 13),
-        global_pos_size=(7, 7),
-        window_spec=(8, 4, 14, 7),
-    ),
-    "base_plus": dict(
-        embed_dim=112,
-        num_heads=2,
-        stages=(2, 3, 16, 3),
-        global_att_blocks=(12, 16, 20),
-        global_pos_size=(14, 14),
-        window_spec=(8, 4, 14, 7),
-    ),
-    "large": dict(
-        embed_dim=144,
-        num_heads=2,
-        stages=(2, 6, 36, 4),
-        global_att_blocks=(23, 33, 43),
-        global_pos_size=(7, 7),
-        window_spec=(8, 4, 16, 8),
-    ),
-}
+def _sam2_trunks() -> dict[str, dict]:
+    """SAM 2's released trunks (timm's ``sam2_hiera_{tiny,small,base_plus,large}``), from the HieraDet factories'
+    table with the window sizes made explicit; ``base`` there is not a SAM 2 release."""
+    from unveil.models.hieradet import CONFIGS, HieraDet
+
+    default_windows = inspect.signature(HieraDet).parameters["window_spec"].default
+    return {
+        size: {"window_spec": tuple(default_windows), **config}
+        for size, config in CONFIGS.items()
+        if size != "base"
+    }
 
 
 def sam2_trunk_specs(config: Mapping) -> list[ModelSpec]:
@@ -662,8 +639,9 @@ def sam2_trunk_specs(config: Mapping) -> list[ModelSpec]:
     unit = tuple(config["mask_unit_size"])
     if len(unit) != 2 or unit[0] != unit[1]:
         raise ValueError(f"the SAM 2 trunk needs a square 2-D mask unit for its window table, got {unit}")
-    size = _hiera_size(config, _SAM2_TRUNKS)
-    base = _SAM2_TRUNKS.get(size, {})
+    trunks = _sam2_trunks()
+    size = _hiera_size(config, trunks)
+    base = trunks.get(size, {})
     window_spec = tuple(base.get("window_spec", (8, 4, 14, 7)))
     window_spec = (unit[0], *window_spec[1:])
     global_blocks = tuple(base.get("global_att_blocks", ()))
