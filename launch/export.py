@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 from unveil.launch.cli import UsageError
 
 FORMATS = ("unveil", "hiera", "timm", "sam2", "safetensors")
@@ -588,6 +589,69 @@ def run_export(args: argparse.Namespace) -> list[Path]:
     if family == "Hiera":
         return export_hiera(source, args, architecture, model)
     return export_vit(source, args, architecture, model, family)
+
+
+# ---------------------------------------------------------------------------------------- at the end of a run
+
+
+class ExportBackbone(pl.Callback):
+    """Export the trained backbone when a fit ends, and log it to W&B as a model artifact.
+
+    At the end of training the final state is written to a temporary checkpoint (on every rank: the save is
+    collective under FSDP), then global rank 0 runs ``unveil export`` on it into the run's log folder
+    (``backbone.safetensors`` by default; MAViL: ``backbone.audio.safetensors`` and ``backbone.video...``) and
+    removes the temporary file. With a ``WandbLogger``, the written files become one artifact of type ``model``
+    (name ``backbone-<run id>``, aliases ``latest`` and ``step-<global step>``), offline runs included.
+
+    Args:
+        format: an ``unveil export`` format (``unveil``, ``hiera``, ``timm``, ``sam2``, ``safetensors``).
+        out: the file to write; default ``<trainer.log_dir>/backbone.<ext>``.
+        log_artifact: log the files to every attached WandbLogger's run.
+    """
+
+    def __init__(self, format: str = "safetensors", out: str | None = None, log_artifact: bool = True) -> None:
+        if format not in FORMATS:
+            raise ValueError(f"ExportBackbone.format must be one of {', '.join(FORMATS)}, got {format!r}")
+        self.format, self.out, self.log_artifact = format, out, log_artifact
+        self.written: list[Path] = []
+
+    def _out(self, trainer) -> Path:
+        if self.out is not None:
+            return Path(self.out)
+        suffix = {"safetensors": ".safetensors", "timm": ".pth", "hiera": ".pth"}.get(self.format, ".pt")
+        return Path(trainer.log_dir or trainer.default_root_dir) / f"backbone{suffix}"
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        out = self._out(trainer)
+        final = out.with_name(f".{out.stem}-final.ckpt")
+        trainer.save_checkpoint(final, weights_only=True)
+        if not trainer.is_global_zero:
+            return
+        try:
+            args = build_parser().parse_args([str(final), "--format", self.format, "--out", str(out)])
+            self.written = run_export(args)
+        finally:
+            final.unlink(missing_ok=True)
+        if self.log_artifact:
+            self._log_artifact(trainer)
+
+    def _log_artifact(self, trainer) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if not isinstance(logger, WandbLogger):
+                continue
+            import wandb
+
+            run = logger.experiment
+            artifact = wandb.Artifact(
+                f"backbone-{run.id}", type="model",
+                metadata={"format": self.format, "global_step": trainer.global_step,
+                          "files": [path.name for path in self.written]},
+            )
+            for path in self.written:
+                artifact.add_file(str(path))
+            run.log_artifact(artifact, aliases=["latest", f"step-{trainer.global_step}"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -341,3 +341,58 @@ def test_online_mode_without_an_account_fails_with_one_line(tmp_path, monkeypatc
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("unveil: error: W&B could not start the run: ") and "WANDB_MODE=offline" in lines[0]
     assert spy.losses == {} and len(spy.init_kwargs) == 1
+
+
+def test_export_backbone_at_the_end_is_a_wandb_artifact(tmp_path):
+    """ExportBackbone writes the final backbone beside the run (every weight equal to the trained encoder's) and
+    logs it to the offline W&B run as a model artifact."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import WandbLogger
+    from unveil.datasets import ImageDataModule
+    from unveil.datasets.synth import make_image_folder
+    from unveil.launch.export import ExportBackbone
+    from unveil.models import MaskedAutoencoderHiera
+    from unveil.pretrain.checkpoints import load_backbone
+
+    images = make_image_folder(tmp_path / "images", num_classes=2, train_per_class=2, val_per_class=0, size=64,
+                               progress=False)
+    model = MaskedAutoencoderHiera(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 1, 1),
+                                   decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=1)
+    module = MAEPretrainModule(model, lr=1e-3, warmup_steps=1, log_images_every_n_steps=0)
+    data = ImageDataModule(root=str(images), input_size=64, batch_size=2, num_workers=0, val_split=None,
+                           pin_memory=False)
+    logger = WandbLogger(save_dir=str(tmp_path / "run"), project="unveil")
+    export = ExportBackbone()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, max_epochs=-1, logger=logger,
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         default_root_dir=tmp_path / "run", callbacks=[export])
+    try:
+        trainer.fit(module, datamodule=data)
+    finally:
+        logger.experiment.finish()
+
+    (written,) = export.written
+    assert written.name == "backbone.safetensors" and not list(written.parent.glob(".*final.ckpt"))
+    state, architecture = load_backbone(written)
+    assert architecture.class_path == "unveil.models.hiera.Hiera"
+    trained = module.model.state_dict()
+    assert state and all(torch.equal(value, trained[key]) for key, value in state.items())
+    assert not [key for key in state if key.startswith(("decoder", "mask_token", "encoder_norm"))]
+
+    (offline,) = offline_runs(tmp_path / "run")
+    records = read_records(next(offline.glob("run-*.wandb")))
+    artifacts = [record["artifact"] for record in records if record["type"] == "artifact"]
+    assert len(artifacts) == 1, [record["type"] for record in records]
+    artifact = artifacts[0]
+    assert artifact["type"] == "model" and artifact["name"].startswith("backbone-")
+    assert [entry["path"] for entry in artifact["manifest"]["contents"]] == ["backbone.safetensors"]
+    assert artifact["aliases"] == ["latest", "step-2"] and json.loads(artifact["metadata"])["global_step"] == 2
+
+
+def test_export_backbone_is_one_option_on_a_recipe():
+    from unveil.launch.cli import parse_recipe
+
+    config = parse_recipe(PAPER, "--trainer.callbacks+=ExportBackbone", "--trainer.callbacks.format=timm")
+    added = config.trainer.callbacks[-1]
+    assert added.class_path == "unveil.launch.export.ExportBackbone"
+    assert (added.init_args.format, added.init_args.log_artifact) == ("timm", True)
