@@ -412,8 +412,9 @@ def wait_for_checkpoint(path: Path, job_id: int, cluster, timeout: float = 120) 
 def test_requeued_job_resumes_from_its_checkpoint(capsys, monkeypatch, cluster, shapes, tmp_path):
     max_steps = 16
     probe = tmp_path / "probe"
-    # 0.4 s per step: ~6 s from the first checkpoint to the end, so the requeue lands mid-run on any machine
-    overrides = tiny_quickstart(shapes, probe, max_steps, pace=0.4)
+    # 0.8 s per step on the first start: ~11 s from the first checkpoint to the end, so the requeue lands
+    # mid-run even on a loaded machine (polling squeue and loading the checkpoint take seconds there)
+    overrides = tiny_quickstart(shapes, probe, max_steps, pace=0.8)
     job_id, run = submit(capsys, monkeypatch, cluster, tmp_path, overrides)
     first = wait_for_checkpoint(run / "checkpoints/last.ckpt", job_id, cluster)
     cluster.run("scontrol", "requeue", str(job_id))  # what preemption or a node failure does
