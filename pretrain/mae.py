@@ -11,23 +11,16 @@ so a resumed run repeats the uninterrupted one, and DDP ranks mask as one proces
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import default_collate
 from unveil.models import MaskedAutoencoderHiera
 from unveil.pretrain.checkpoints import record_architecture
-from unveil.pretrain.optim import (
-    no_weight_decay_names,
-    scaled_lr,
-    warmup_cosine_scheduler,
-    weight_decay_param_groups,
-)
+from unveil.pretrain.optim import WarmupCosineAdamW, no_weight_decay_names
 from unveil.pretrain.resume import (
     global_batch_mask,
     restore_train_loader_position,
@@ -42,7 +35,7 @@ INPUT_KEYS: tuple[str, ...] = ("video", "image")
 """Batch keys the module reads its input from, in order of preference, when ``input_key`` is not set."""
 
 
-class MAEPretrainModule(ReconstructionPictures, pl.LightningModule):
+class MAEPretrainModule(ReconstructionPictures, WarmupCosineAdamW, pl.LightningModule):
     """Masked-autoencoder pretraining of a ``MaskedAutoencoderHiera`` on image or video batches.
 
     Args:
@@ -175,73 +168,6 @@ class MAEPretrainModule(ReconstructionPictures, pl.LightningModule):
     def _current_lr(self) -> float:
         optimizer = self.optimizers()
         return float(optimizer.param_groups[0]["lr"])
-
-    # ---------------------------------------------------------------------------------------- optimiser
-
-    def _per_device_batch_size(self) -> int:
-        """Samples per device per step: the datamodule's ``batch_size``.
-
-        For video with repeated sampling this counts decoded videos, not clips, as MAE-ST's scaling rule does
-        (facebookresearch/mae_st ``main_pretrain.py``: ``eff_batch_size = batch_size * accum_iter * world``).
-        """
-        datamodule = getattr(self.trainer, "datamodule", None)
-        size = getattr(datamodule, "batch_size", None)
-        if size is None and datamodule is not None:
-            size = getattr(datamodule, "hparams", {}).get("batch_size")
-        if size is None:
-            loader = self.trainer.train_dataloader
-            size = getattr(loader, "batch_size", None)
-        if size is None:
-            raise ValueError(
-                "cannot find the per-device batch size (no datamodule.batch_size, no dataloader.batch_size); "
-                "set model.init_args.lr to an absolute learning rate"
-            )
-        return int(size)
-
-    def _steps_per_epoch(self) -> float:
-        batches = self.trainer.num_training_batches
-        if not math.isfinite(batches):
-            raise ValueError(
-                "the training data has no length, so warmup_epochs cannot be turned into steps; "
-                "set model.init_args.warmup_steps"
-            )
-        return math.ceil(batches / self.trainer.accumulate_grad_batches)
-
-    def configure_optimizers(self):
-        total_steps = self.trainer.estimated_stepping_batches
-        if self.trainer.train_dataloader is None:
-            # With max_epochs=-1 Lightning has not loaded the data yet; batch sizes and epoch lengths need it.
-            self.trainer.fit_loop.setup_data()
-        if self.lr is not None:
-            lr = self.lr
-            rank_zero_info(f"MAE pretraining: lr = {lr:.3g} (absolute, from lr)")
-        else:
-            trainer = self.trainer
-            self.effective_batch_size = (
-                self._per_device_batch_size() * trainer.num_devices * trainer.num_nodes
-                * trainer.accumulate_grad_batches
-            )
-            lr = scaled_lr(self.base_lr, self.effective_batch_size)
-            rank_zero_info(
-                f"MAE pretraining: lr = base_lr {self.base_lr:.3g} x effective batch "
-                f"{self.effective_batch_size} / 256 = {lr:.3g}"
-            )
-        self.peak_lr = lr
-        if self.warmup_steps is not None:
-            warmup = self.warmup_steps
-        else:
-            warmup = round(self.warmup_epochs * self._steps_per_epoch()) if self.warmup_epochs else 0
-        if math.isfinite(total_steps):
-            warmup = min(warmup, int(total_steps))
-        groups = weight_decay_param_groups(self.model, self.weight_decay, no_decay_names=self.no_decay_names)
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.betas)
-        scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup, self.min_lr)
-        rank_zero_info(f"MAE pretraining: {int(total_steps)} optimiser steps, {warmup} of warmup")
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def lr_scheduler_step(self, scheduler, metric) -> None:
-        # timm schedulers are driven by the number of optimiser steps taken so far.
-        scheduler.step_update(num_updates=self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The model's class and constructor arguments, so that `unveil export` can rebuild it from the file alone.

@@ -23,24 +23,17 @@ of a fixed set of samples under fixed masks (logger + ``reconstructions/*.png`` 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import default_collate
 from torchvision.utils import make_grid
 from unveil.models.mavil import MAViL, MAViLMasks, MAViLOutput, masked_mse
 from unveil.pretrain.checkpoints import record_architecture
 from unveil.pretrain.contrastive import retrieval_recall, symmetric_info_nce
-from unveil.pretrain.optim import (
-    no_weight_decay_names,
-    scaled_lr,
-    warmup_cosine_scheduler,
-    weight_decay_param_groups,
-)
+from unveil.pretrain.optim import WarmupCosineAdamW, no_weight_decay_names
 from unveil.pretrain.resume import restore_train_loader_position, seeded_rng, step_rng
 from unveil.pretrain.throughput import SamplesPerSecond
 from unveil.pretrain.visualize import ReconstructionPictures, reconstruction_grid, save_grid, send_to_loggers
@@ -125,7 +118,7 @@ def _load_teacher(teacher: MAViL, path: str | Path) -> None:
 # ---------------------------------------------------------------------------------------- shared base
 
 
-class _MAViLModule(pl.LightningModule):
+class _MAViLModule(WarmupCosineAdamW, pl.LightningModule):
     """What both stages share: the optimiser and schedule, batch parsing, contrastive terms, retrieval."""
 
     model: MAViL
@@ -292,54 +285,6 @@ class _MAViLModule(pl.LightningModule):
         padded = torch.cat([x, x.new_zeros(largest - x.shape[0], x.shape[1])])
         gathered = self.all_gather(padded)  # [W, largest, E]
         return torch.cat([part[: int(n)] for part, n in zip(gathered, sizes.tolist())])
-
-    # ---- optimiser --------------------------------------------------------------------------------
-
-    def _per_device_batch_size(self) -> int:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        size = getattr(datamodule, "batch_size", None)
-        if size is None and datamodule is not None:
-            size = getattr(datamodule, "hparams", {}).get("batch_size")
-        if size is None:
-            size = getattr(self.trainer.train_dataloader, "batch_size", None)
-        if size is None:
-            raise ValueError("cannot find the per-device batch size; set model.init_args.lr to an absolute lr")
-        return int(size)
-
-    def configure_optimizers(self):
-        total_steps = self.trainer.estimated_stepping_batches
-        name = type(self).__name__
-        if self.lr is not None:
-            lr = self.lr
-            rank_zero_info(f"{name}: lr = {lr:.3g} (absolute, from lr)")
-        else:
-            trainer = self.trainer
-            self.effective_batch_size = (self._per_device_batch_size() * trainer.num_devices * trainer.num_nodes
-                                         * trainer.accumulate_grad_batches)
-            lr = scaled_lr(self.base_lr, self.effective_batch_size)
-            rank_zero_info(f"{name}: lr = base_lr {self.base_lr:.3g} x effective batch "
-                           f"{self.effective_batch_size} / 256 = {lr:.3g}")
-        self.peak_lr = lr
-        if self.warmup_steps is not None:
-            warmup = self.warmup_steps
-        elif self.warmup_epochs:
-            batches = self.trainer.num_training_batches
-            if not math.isfinite(batches):
-                raise ValueError("the training data has no length; set model.init_args.warmup_steps")
-            warmup = round(self.warmup_epochs * math.ceil(batches / self.trainer.accumulate_grad_batches))
-        else:
-            warmup = 0
-        if math.isfinite(total_steps):
-            warmup = min(warmup, int(total_steps))
-        # Only the trained model: stage 2's teacher is not a submodule, so it never reaches the optimiser.
-        groups = weight_decay_param_groups(self.model, self.weight_decay, no_decay_names=self.no_decay_names)
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.betas)
-        scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup, self.min_lr)
-        rank_zero_info(f"{name}: {int(total_steps)} optimiser steps, {warmup} of warmup")
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def lr_scheduler_step(self, scheduler, metric) -> None:
-        scheduler.step_update(num_updates=self.global_step)
 
 
 # ---------------------------------------------------------------------------------------- stage 1

@@ -118,3 +118,83 @@ def warmup_cosine_lr(step: int, lr: float, total_steps: int, warmup_steps: int, 
     decay_steps = max(total_steps - warmup_steps, 1)
     progress = min((step - warmup_steps) / decay_steps, 1.0)
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupCosineAdamW:
+    """The optimiser of a pretraining LightningModule (mixin): AdamW over ``self.model`` with the weight-decay
+    groups of ``self.no_decay_names``, the learning rate ``lr`` or ``base_lr × effective batch / 256``, and a
+    per-step linear warmup (``warmup_steps``, or ``warmup_epochs`` of the training data) then cosine to
+    ``min_lr``.
+
+    The module sets ``base_lr``, ``lr``, ``weight_decay``, ``betas``, ``warmup_epochs``, ``warmup_steps``,
+    ``min_lr`` and ``no_decay_names`` (:func:`no_weight_decay_names` of the bare model) in its constructor.
+    After ``configure_optimizers``, ``peak_lr`` and (when scaled) ``effective_batch_size`` say what was chosen.
+    """
+
+    def _per_device_batch_size(self) -> int:
+        """Samples per device per step: the datamodule's ``batch_size``.
+
+        For video with repeated sampling this counts decoded videos, not clips, as MAE-ST's scaling rule does
+        (facebookresearch/mae_st ``main_pretrain.py``: ``eff_batch_size = batch_size * accum_iter * world``).
+        """
+        datamodule = getattr(self.trainer, "datamodule", None)
+        size = getattr(datamodule, "batch_size", None)
+        if size is None and datamodule is not None:
+            size = getattr(datamodule, "hparams", {}).get("batch_size")
+        if size is None:
+            size = getattr(self.trainer.train_dataloader, "batch_size", None)
+        if size is None:
+            raise ValueError(
+                "cannot find the per-device batch size (no datamodule.batch_size, no dataloader.batch_size); "
+                "set model.init_args.lr to an absolute learning rate"
+            )
+        return int(size)
+
+    def _steps_per_epoch(self) -> int:
+        batches = self.trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise ValueError(
+                "the training data has no length, so warmup_epochs cannot be turned into steps; "
+                "set model.init_args.warmup_steps"
+            )
+        return math.ceil(batches / self.trainer.accumulate_grad_batches)
+
+    def configure_optimizers(self):
+        from lightning.pytorch.utilities import rank_zero_info
+
+        name = type(self).__name__
+        trainer = self.trainer
+        total_steps = trainer.estimated_stepping_batches
+        if trainer.train_dataloader is None:
+            # With max_epochs=-1 Lightning has not loaded the data yet; batch sizes and epoch lengths need it.
+            trainer.fit_loop.setup_data()
+        if self.lr is not None:
+            lr = self.lr
+            rank_zero_info(f"{name}: lr = {lr:.3g} (absolute, from lr)")
+        else:
+            self.effective_batch_size = (
+                self._per_device_batch_size() * trainer.num_devices * trainer.num_nodes
+                * trainer.accumulate_grad_batches
+            )
+            lr = scaled_lr(self.base_lr, self.effective_batch_size)
+            rank_zero_info(
+                f"{name}: lr = base_lr {self.base_lr:.3g} x effective batch {self.effective_batch_size} / "
+                f"{REFERENCE_BATCH_SIZE} = {lr:.3g}"
+            )
+        self.peak_lr = lr
+        if self.warmup_steps is not None:
+            warmup = self.warmup_steps
+        else:
+            warmup = round(self.warmup_epochs * self._steps_per_epoch()) if self.warmup_epochs else 0
+        if math.isfinite(total_steps):
+            warmup = min(warmup, int(total_steps))
+        # Only self.model: a frozen teacher (MAViL stage 2) is not a submodule and never reaches the optimiser.
+        groups = weight_decay_param_groups(self.model, self.weight_decay, no_decay_names=self.no_decay_names)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.betas)
+        scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup, self.min_lr)
+        rank_zero_info(f"{name}: {int(total_steps)} optimiser steps, {warmup} of warmup")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        # timm schedulers are driven by the number of optimiser steps taken so far.
+        scheduler.step_update(num_updates=self.global_step)
