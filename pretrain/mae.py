@@ -20,7 +20,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import default_collate
 from unveil.models import MaskedAutoencoderHiera
 from unveil.pretrain.checkpoints import record_architecture
-from unveil.pretrain.optim import WarmupCosineAdamW, no_weight_decay_names
+from unveil.pretrain.optim import WarmupCosineAdamW
 from unveil.pretrain.resume import (
     global_batch_mask,
     restore_train_loader_position,
@@ -81,22 +81,10 @@ class MAEPretrainModule(ReconstructionPictures, WarmupCosineAdamW, pl.LightningM
         super().__init__()
         if input_key is not None and input_key not in INPUT_KEYS:
             raise ValueError(f"input_key must be one of {INPUT_KEYS} or None, got {input_key!r}")
-        if warmup_epochs < 0 or (warmup_steps is not None and warmup_steps < 0):
-            raise ValueError("warmup_epochs and warmup_steps must be >= 0")
         if log_images_every_n_steps < 0:
             raise ValueError(f"log_images_every_n_steps must be >= 0, got {log_images_every_n_steps}")
         self.save_hyperparameters(ignore=["model"])
-        self.model = model
-        # Decided on the bare model: a strategy such as FSDP may wrap and flatten its parameters before
-        # configure_optimizers runs.
-        self.no_decay_names = no_weight_decay_names(model)
-        self.base_lr = base_lr
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.betas = tuple(betas)
-        self.warmup_epochs = warmup_epochs
-        self.warmup_steps = warmup_steps
-        self.min_lr = min_lr
+        self._init_optimizer(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr)
         self.input_key = input_key
         self.log_images_every_n_steps = log_images_every_n_steps
         self.num_vis_samples = num_vis_samples
@@ -106,8 +94,6 @@ class MAEPretrainModule(ReconstructionPictures, WarmupCosineAdamW, pl.LightningM
         self.display_std = display_std
 
         # Filled in at fit time.
-        self.effective_batch_size: int | None = None
-        self.peak_lr: float | None = None
         self.samples_per_sec = SamplesPerSecond()
         self._vis_dir: Path | None = None
         self._vis_input: torch.Tensor | None = None

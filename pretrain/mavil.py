@@ -33,7 +33,7 @@ from torchvision.utils import make_grid
 from unveil.models.mavil import MAViL, MAViLMasks, MAViLOutput, masked_mse
 from unveil.pretrain.checkpoints import record_architecture
 from unveil.pretrain.contrastive import retrieval_recall, symmetric_info_nce
-from unveil.pretrain.optim import WarmupCosineAdamW, no_weight_decay_names
+from unveil.pretrain.optim import WarmupCosineAdamW
 from unveil.pretrain.resume import restore_train_loader_position, seeded_rng, step_rng
 from unveil.pretrain.throughput import SamplesPerSecond
 from unveil.pretrain.visualize import ReconstructionPictures, reconstruction_grid, save_grid, send_to_loggers
@@ -125,6 +125,7 @@ class _MAViLModule(WarmupCosineAdamW, pl.LightningModule):
 
     def _init_training(
         self,
+        model: MAViL,
         base_lr: float,
         lr: float | None,
         weight_decay: float,
@@ -140,22 +141,17 @@ class _MAViLModule(WarmupCosineAdamW, pl.LightningModule):
         retrieval_ks: Sequence[int],
         vis_seed: int,
     ) -> None:
-        if warmup_epochs < 0 or (warmup_steps is not None and warmup_steps < 0):
-            raise ValueError("warmup_epochs and warmup_steps must be >= 0")
         if inter_weight < 0 or intra_weight < 0:
             raise ValueError("loss weights must be >= 0")
         if inter_temperature <= 0 or intra_temperature <= 0:
             raise ValueError("temperatures must be > 0")
-        self.base_lr, self.lr, self.weight_decay, self.betas = base_lr, lr, weight_decay, tuple(betas)
-        self.warmup_epochs, self.warmup_steps, self.min_lr = warmup_epochs, warmup_steps, min_lr
+        self._init_optimizer(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr)
         self.inter_weight, self.intra_weight = inter_weight, intra_weight
         self.inter_temperature, self.intra_temperature = inter_temperature, intra_temperature
         self.gather_negatives = gather_negatives
         self.samples_per_sec = SamplesPerSecond()
         self.retrieval_ks = tuple(sorted(set(retrieval_ks)))
         self.vis_seed = vis_seed
-        self.effective_batch_size: int | None = None
-        self.peak_lr: float | None = None
         self._val_embeddings: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # ---- batches ----------------------------------------------------------------------------------
@@ -351,11 +347,9 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
         if log_images_every_n_steps < 0:
             raise ValueError(f"log_images_every_n_steps must be >= 0, got {log_images_every_n_steps}")
         self.save_hyperparameters(ignore=["model"])
-        self.model = model
-        self.no_decay_names = no_weight_decay_names(model)  # on the bare model, before FSDP can flatten it
-        self._init_training(base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr, inter_weight,
-                            intra_weight, inter_temperature, intra_temperature, gather_negatives, retrieval_ks,
-                            vis_seed)
+        self._init_training(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr,
+                            inter_weight, intra_weight, inter_temperature, intra_temperature, gather_negatives,
+                            retrieval_ks, vis_seed)
         self.audio_reconstruction_weight = audio_reconstruction_weight
         self.video_reconstruction_weight = video_reconstruction_weight
         self.log_images_every_n_steps = log_images_every_n_steps
@@ -532,17 +526,15 @@ class MAViLSelfTrainModule(_MAViLModule):
         teacher.eval().requires_grad_(False)
 
         self.save_hyperparameters(ignore=["model", "teacher"])
-        self.model = model
-        self.no_decay_names = no_weight_decay_names(model)  # on the bare model, before FSDP can flatten it
         # Not a submodule: kept out of parameters(), the optimiser, DDP and state_dict().
         object.__setattr__(self, "_teacher", teacher)
         self.teacher_checkpoint = str(teacher_checkpoint)
         self.target_layers = tuple(target_layers)
         self.audio_feature_weight = audio_feature_weight
         self.video_feature_weight = video_feature_weight
-        self._init_training(base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr, inter_weight,
-                            intra_weight, inter_temperature, intra_temperature, gather_negatives, retrieval_ks,
-                            vis_seed)
+        self._init_training(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr,
+                            inter_weight, intra_weight, inter_temperature, intra_temperature, gather_negatives,
+                            retrieval_ks, vis_seed)
 
     @property
     def teacher(self) -> MAViL:

@@ -126,10 +126,32 @@ class WarmupCosineAdamW:
     per-step linear warmup (``warmup_steps``, or ``warmup_epochs`` of the training data) then cosine to
     ``min_lr``.
 
-    The module sets ``base_lr``, ``lr``, ``weight_decay``, ``betas``, ``warmup_epochs``, ``warmup_steps``,
-    ``min_lr`` and ``no_decay_names`` (:func:`no_weight_decay_names` of the bare model) in its constructor.
-    After ``configure_optimizers``, ``peak_lr`` and (when scaled) ``effective_batch_size`` say what was chosen.
+    The module's constructor calls ``_init_optimizer`` with the model and these settings. After
+    ``configure_optimizers``, ``peak_lr`` and (when scaled) ``effective_batch_size`` say what was chosen.
     """
+
+    def _init_optimizer(
+        self,
+        model: nn.Module,
+        base_lr: float,
+        lr: float | None,
+        weight_decay: float,
+        betas: Collection[float],
+        warmup_epochs: float,
+        warmup_steps: int | None,
+        min_lr: float,
+    ) -> None:
+        """Check and keep the settings (call from the module's constructor); sets ``self.model``."""
+        if warmup_epochs < 0 or (warmup_steps is not None and warmup_steps < 0):
+            raise ValueError("warmup_epochs and warmup_steps must be >= 0")
+        self.model = model
+        # Decided on the bare model: a strategy such as FSDP may wrap it and flatten its parameters into 1-D
+        # shards before configure_optimizers runs.
+        self.no_decay_names = no_weight_decay_names(model)
+        self.base_lr, self.lr, self.weight_decay, self.betas = base_lr, lr, weight_decay, tuple(betas)
+        self.warmup_epochs, self.warmup_steps, self.min_lr = warmup_epochs, warmup_steps, min_lr
+        self.effective_batch_size: int | None = None  # set by configure_optimizers when lr is scaled
+        self.peak_lr: float | None = None
 
     def _per_device_batch_size(self) -> int:
         """Samples per device per step: the datamodule's ``batch_size``.
