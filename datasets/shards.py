@@ -212,8 +212,12 @@ class ShardItem:
 
 def image_items(root: str | Path, split: str = "train") -> tuple[list[str], list[ShardItem]]:
     """The images of an ImageNet-layout split, as ``ImageFolderDataset`` lists them."""
-    split_dir = Path(root) / split
-    classes, files = list_class_files(split_dir, IMAGE_EXTENSIONS)
+    return _class_folder_items(Path(root) / split, IMAGE_EXTENSIONS)
+
+
+def _class_folder_items(split_dir: Path, extensions) -> tuple[list[str], list[ShardItem]]:
+    """The files of ``split_dir/<class>/...``, keyed by their path below ``split_dir``."""
+    classes, files = list_class_files(split_dir, extensions)
     items = [
         ShardItem(path, label, path.relative_to(split_dir).as_posix(), {"class": classes[label]})
         for path, label in files
@@ -234,13 +238,7 @@ def video_items(
         return None, items
     if root is None:
         raise ValueError("video shards need a root folder or a csv manifest")
-    split_dir = Path(root) / split
-    classes, files = list_class_files(split_dir, VIDEO_EXTENSIONS)
-    items = [
-        ShardItem(path, label, path.relative_to(split_dir).as_posix(), {"class": classes[label]})
-        for path, label in files
-    ]
-    return classes, items
+    return _class_folder_items(Path(root) / split, VIDEO_EXTENSIONS)
 
 
 def audio_items(
