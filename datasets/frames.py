@@ -1,0 +1,288 @@
+"""Videos as frames with presentation times, from a video file or a folder of image frames, read through one
+interface (``VideoFrames``; ``open_video`` picks the reader).
+
+Time. Frame ``i`` is shown from ``times[i]`` (seconds from the start of the video stream) until the next
+frame's time; ``duration`` is when the last frame ends. These are the presentation times PyAV (FFmpeg)
+shows, so an mp4 edit list is honoured. That matters for real downloads: a clip cut from a longer video
+with stream copy (``ffmpeg -ss S -c copy``, the way most AudioSet and VGGSound clips were made) keeps the
+frames from the keyframe before ``S``, and its edit list tells players to hide them. decord ignores the
+edit list: it counts the hidden frames, reports a longer video, gives them negative timestamps and maps
+frame indices to the wrong pictures. ``open_video`` therefore decodes a file with decord (fast seeking)
+only when decord's timeline agrees with the duration the container declares, and with PyAV otherwise.
+
+Audio read by ``unveil.datasets.audio.read_audio`` from a video's track is on the same clock: its
+``start`` is seconds from the start of the video stream.
+
+Frame folders (DAVIS ``JPEGImages/480p/<video>/00000.jpg``, SA-V frames extracted at 24 fps,
+pre-extracted Kinetics ``<class>/<video>/img_00001.jpg``) are videos too: the frames are the folder's
+image files in natural order (``2.jpg`` before ``10.jpg``), frame ``i`` shown at ``i / fps``, read lazily.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import decord
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+VideoSource = str | Path | bytes | bytearray | memoryview | BinaryIO
+"""A video file (path), its bytes or a binary file object, or a folder of frames (path)."""
+
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+"""Image files that count as frames in a frame folder."""
+
+TIME_TOLERANCE = 1e-4
+"""Seconds: a time this close to a frame's presentation time counts as that time. Absorbs float error
+(decord's timestamps are float32) and is far below any frame interval."""
+
+
+class VideoFrames:
+    """A video as ``num_frames`` frames with presentation times.
+
+    Attributes:
+        times: float64 [num_frames], increasing: when each frame is shown, in seconds from the start of
+            the video stream (the first frame is usually at 0).
+        duration: seconds from the start of the stream to the end of the last frame.
+
+    Subclasses read the pixels (``_read_sorted``); ``read`` decodes each distinct frame once, in order.
+    """
+
+    def __init__(self, times: torch.Tensor, duration: float) -> None:
+        if len(times) == 0:
+            raise ValueError("a video needs at least one frame")
+        self.times = times.to(torch.float64)
+        self.duration = float(duration)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.times)
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    @property
+    def fps(self) -> float:
+        """Average frame rate: frames per second of duration."""
+        return self.num_frames / self.duration if self.duration > 0 else 0.0
+
+    def frames_at(self, seconds: torch.Tensor) -> torch.Tensor:
+        """Index (int64, same shape) of the frame shown at each time: the last frame whose presentation
+        time is at or before it (frame 0 for times before the first frame)."""
+        seconds = torch.as_tensor(seconds, dtype=torch.float64)
+        index = torch.searchsorted(self.times, seconds + TIME_TOLERANCE, right=True) - 1
+        return index.clamp_(0, self.num_frames - 1)
+
+    def frame_at(self, seconds: float) -> int:
+        """Index of the frame shown at ``seconds`` (``frames_at`` for one time)."""
+        return int(self.frames_at(torch.tensor(seconds)))
+
+    def first_frame_from(self, seconds: float) -> int:
+        """Index of the first frame shown at or after ``seconds`` (``num_frames`` when there is none)."""
+        return int(torch.searchsorted(self.times, torch.tensor(seconds - TIME_TOLERANCE, dtype=torch.float64)))
+
+    def read(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """The frames ``indices`` (any order, repeats allowed) as uint8 [len(indices), H, W, 3] RGB.
+
+        Each distinct frame is decoded once, in increasing order (cheap seeks), then gathered.
+        """
+        indices = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= self.num_frames):
+            raise IndexError(f"frame indices {indices.tolist()} outside [0, {self.num_frames})")
+        unique, position = torch.unique(indices, return_inverse=True)  # sorted
+        return self._read_sorted(unique.tolist())[position]
+
+    def _read_sorted(self, indices: list[int]) -> torch.Tensor:  # pragma: no cover - overridden
+        """The frames ``indices`` (sorted, distinct): uint8 [len(indices), H, W, 3]."""
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------ frame folders
+
+
+def _natural_key(name: str) -> list:
+    """Sort key putting ``frame2.jpg`` before ``frame10.jpg``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def list_frames(folder: str | Path, extensions: Sequence[str] = FRAME_EXTENSIONS) -> list[Path]:
+    """The frame files of ``folder`` (extensions ``extensions``, hidden files left out), in natural order.
+
+    Raises ``FileNotFoundError`` when ``folder`` is not a directory.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{str(folder)!r} is not a directory")
+    frames = [
+        path
+        for path in folder.iterdir()
+        if not path.name.startswith(".") and path.suffix.lower() in extensions and path.is_file()
+    ]
+    return sorted(frames, key=lambda path: _natural_key(path.name))
+
+
+class FrameFolder(VideoFrames):
+    """A video stored as a folder of image frames at ``fps`` frames per second.
+
+    Frame ``i`` is ``paths[i]`` (``list_frames``: natural order), shown at ``i / fps``. Nothing is decoded
+    until asked: ``read_frame(i)`` decodes one file, ``read(indices)`` several.
+
+    Raises ``FileNotFoundError`` when the folder is missing or holds no frame.
+    """
+
+    def __init__(self, folder: str | Path, fps: float = 30.0) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.folder = Path(folder)
+        self.paths = list_frames(self.folder)
+        if not self.paths:
+            raise FileNotFoundError(f"no frames ({'/'.join(FRAME_EXTENSIONS)}) in {str(self.folder)!r}")
+        count = len(self.paths)
+        super().__init__(torch.arange(count, dtype=torch.float64) / fps, count / fps)
+
+    def read_frame(self, index: int) -> torch.Tensor:
+        """Frame ``index``: uint8 [H, W, 3] RGB."""
+        image = decode_image(read_file(str(self.paths[index])), mode=ImageReadMode.RGB)  # [3, H, W]
+        return image.permute(1, 2, 0)
+
+    def _read_sorted(self, indices: list[int]) -> torch.Tensor:
+        frames = [self.read_frame(index) for index in indices]
+        shapes = {tuple(frame.shape) for frame in frames}
+        if len(shapes) > 1:
+            raise RuntimeError(f"{str(self.folder)!r}: frames of different sizes {sorted(shapes)}")
+        return torch.stack(frames)
+
+
+# -------------------------------------------------------------------------------------------- video files
+
+
+def _open_input(source: str | bytes):
+    """What decord and PyAV open: a path string, or a fresh file object over the bytes."""
+    return io.BytesIO(source) if isinstance(source, bytes) else source
+
+
+class DecordVideo(VideoFrames):
+    """A video file read with decord (CPU, one thread): seeks to the keyframe before the first wanted frame.
+
+    Only for files whose timeline decord reads right (``open_video`` checks): times are decord's
+    timestamps, counted from its first frame.
+    """
+
+    def __init__(self, reader: decord.VideoReader, stamps: np.ndarray) -> None:
+        self.reader = reader
+        stamps = torch.from_numpy(np.asarray(stamps, dtype=np.float64))  # [N, 2]: shown from, until
+        super().__init__(stamps[:, 0] - stamps[0, 0], float(stamps[-1, 1] - stamps[0, 0]))
+
+    def _read_sorted(self, indices: list[int]) -> torch.Tensor:
+        return torch.from_numpy(self.reader.get_batch(indices).asnumpy())
+
+
+class PyAVVideo(VideoFrames):
+    """A video file read with PyAV, by presentation time, honouring edit lists.
+
+    Opening reads the packet headers of the video stream (no decoding): the frames are the packets FFmpeg
+    does not mark for discarding, in presentation order. ``read`` seeks to the keyframe before the first
+    wanted frame and decodes forward, matching frames by presentation timestamp.
+    """
+
+    def __init__(self, source: str | bytes) -> None:
+        self.source = source
+        with av.open(_open_input(source)) as container:
+            stream = container.streams.video[0]
+            time_base = stream.time_base
+            shown, ends = [], []
+            for packet in container.demux(stream):
+                if packet.pts is None or packet.is_discard:
+                    continue
+                shown.append(packet.pts)
+                ends.append(packet.pts + (packet.duration or 0))
+            origin = stream.start_time if stream.start_time is not None else min(shown, default=0)
+        if not shown:
+            raise RuntimeError("the video stream holds no frame")
+        self.pts = sorted(shown)
+        times = torch.tensor([(pts - origin) * time_base for pts in self.pts], dtype=torch.float64)
+        end = float((max(ends) - origin) * time_base)
+        if end <= float(times[-1]):  # packets without durations: give the last frame an average one
+            end = float(times[-1]) + (float(times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0)
+        super().__init__(times, end)
+
+    def _decode(self, indices: list[int], seek: bool) -> list[np.ndarray | None]:
+        wanted = {self.pts[index]: slot for slot, index in enumerate(indices)}
+        last = self.pts[indices[-1]]
+        frames: list[np.ndarray | None] = [None] * len(indices)
+        remaining = len(indices)
+        with av.open(_open_input(self.source)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # DataLoader workers decode in parallel already
+            if seek:
+                container.seek(self.pts[indices[0]], stream=stream, backward=True)
+            for frame in container.decode(stream):
+                slot = wanted.get(frame.pts)
+                if slot is not None and frames[slot] is None:
+                    frames[slot] = frame.to_ndarray(format="rgb24")  # [H, W, 3]
+                    remaining -= 1
+                if remaining == 0 or (frame.pts is not None and frame.pts > last):
+                    break
+        return frames
+
+    def _read_sorted(self, indices: list[int]) -> torch.Tensor:
+        frames = self._decode(indices, seek=indices[0] > 0)
+        if any(frame is None for frame in frames) and indices[0] > 0:
+            frames = self._decode(indices, seek=False)  # a seek that landed past a frame: from the start
+        missing = [index for index, frame in zip(indices, frames) if frame is None]
+        if missing:
+            raise RuntimeError(f"frames {missing} of {self.num_frames} did not decode")
+        return torch.from_numpy(np.stack(frames))
+
+
+def _declared_duration(source: str | bytes) -> float | None:
+    """The video stream's duration (s) as the container declares it (edit lists applied), if it does."""
+    with av.open(_open_input(source)) as container:
+        stream = container.streams.video[0]
+        if stream.duration is None:
+            return None
+        return float(stream.duration * stream.time_base)
+
+
+def open_video(source: VideoSource, frames_fps: float = 30.0) -> VideoFrames:
+    """Open a video for reading by presentation time.
+
+    Args:
+        source: a video file (path), its bytes or a binary file object; or a folder of frames (path),
+            read as a ``FrameFolder`` at ``frames_fps``.
+        frames_fps: frame rate of frame folders (files carry their own).
+
+    Returns a ``DecordVideo`` when decord's timeline agrees with the container's (its first frame at the
+    start of the stream, and, when the container declares the stream's duration, the same duration
+    within half a frame), else a ``PyAVVideo``: mp4 edit lists that hide frames (stream-copy cuts) make
+    decord count frames that are never shown.
+
+    Raises ``FileNotFoundError`` for a missing path, and the decoders' errors (``DECORDError``,
+    ``av.FFmpegError``, ``RuntimeError``) for files that do not decode.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            return FrameFolder(path, frames_fps)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {str(source)!r}")
+        source = str(path)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        source = bytes(source)
+    else:
+        source = source.read()  # a file object: decord and PyAV each need their own reader
+    reader = decord.VideoReader(_open_input(source), ctx=decord.cpu(0), num_threads=1)
+    stamps = reader.get_frame_timestamp(np.arange(len(reader))).astype(np.float64)  # [N, 2] seconds
+    half_frame = 0.5 * (stamps[-1, 1] - stamps[0, 0]) / len(reader)
+    declared = _declared_duration(source)
+    # decord's times count from the stream's start: a first frame before it is a frame the edit list hides.
+    agrees = abs(stamps[0, 0]) <= half_frame and (
+        declared is None or abs((stamps[-1, 1] - stamps[0, 0]) - declared) <= half_frame
+    )
+    return DecordVideo(reader, stamps) if agrees else PyAVVideo(source)
