@@ -5,6 +5,12 @@ frames over 4 s) or by ``num_frames``/``stride``, and the audio of exactly that 
 AudioMAE fbank of ``target_length`` frames (``duration * 100`` by default: 400 for 4 s). The audio comes
 from the video's own track, or from a separate wav/flac that starts with the video.
 
+Time is presentation time (``unveil.datasets.frames``): the frames of a window are those a player shows
+during it, and its audio is the track's samples of the same seconds, on the clock of the video stream.
+So a clip cut with stream copy, whose mp4 edit list hides the frames before the cut (most AudioSet and
+VGGSound downloads), gets the frames that go with its audio. The video may also be a folder of frames
+(at ``frames_fps``) with a separate audio file.
+
 A sample is::
 
     {"video": float [3, T, S, S],                 normalised as the video MAE data (ImageNet statistics)
@@ -21,7 +27,6 @@ can leave it out. A missing or undecodable file is always skipped.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +34,6 @@ from pathlib import Path
 from typing import Literal
 
 import av
-import decord
 import torch
 from decord._ffi.base import DECORDError
 from torch.utils.data import Dataset
@@ -59,6 +63,7 @@ from unveil.datasets.common import (
     list_class_files,
     plain_tensor,
 )
+from unveil.datasets.frames import FrameFolder, VideoFrames, open_video
 from unveil.datasets.skips import BadSample
 from unveil.datasets.video import mae_video_transform, video_eval_transform
 
@@ -71,17 +76,57 @@ _EPS = 1e-6  # seconds: absorbs float error when times land exactly on frame bou
 # ------------------------------------------------------------------------------------ window and frames
 
 
-def window_start(length: float, duration: float, video_fps: float, train: bool) -> float:
-    """Start (s) of a ``duration`` window in a video of ``length`` seconds, on a video frame boundary.
+def start_of_window(video: VideoFrames, duration: float, train: bool) -> float:
+    """Start (s) of a ``duration`` window in ``video``: the presentation time of a frame.
 
-    Training: uniform over the frame boundaries where the window fits (torch's global RNG); evaluation:
-    the centred one (rounded down to a frame). A video no longer than the window gives 0.
+    Training: uniform over the frames the window can start at and still end within the video (torch's
+    global RNG); evaluation: the centred one (rounded down to a frame). A video no longer than the window
+    gives its first frame.
     """
-    positions = math.floor((length - duration) * video_fps + _EPS)  # last frame the window may start at
-    if positions <= 0:
-        return 0.0
-    frame = int(torch.randint(0, positions + 1, ()).item()) if train else positions // 2
-    return frame / video_fps
+    last = video.frame_at(video.duration - duration)  # the last frame the window may start at
+    if video.duration - duration < float(video.times[0]) or last <= 0:
+        return float(video.times[0])
+    frame = int(torch.randint(0, last + 1, ()).item()) if train else last // 2
+    return float(video.times[frame])
+
+
+def frames_of_window(
+    video: VideoFrames,
+    start: float,
+    duration: float,
+    num_frames: int,
+    fps: float | None = None,
+    stride: int | None = None,
+) -> torch.Tensor:
+    """Indices (int64 [num_frames]) of the frames of ``video`` in the window ``[start, start + duration)``.
+
+    By rate (``fps``): the frames shown at ``start + i / fps``. By stride: ``num_frames`` frames
+    ``stride`` apart from the first frame shown in the window. Indices past the window's (or the video's)
+    last frame are clamped to it, so a short video repeats its last frame.
+    """
+    if (fps is None) == (stride is None):
+        raise ValueError("give exactly one of fps (sample by rate) and stride (sample by frames)")
+    last = max(video.first_frame_from(start + duration) - 1, 0)  # the last frame shown in the window
+    if fps is not None:
+        indices = video.frames_at(start + torch.arange(num_frames, dtype=torch.float64) / fps)
+    else:
+        first = video.first_frame_from(start)
+        indices = first + torch.arange(num_frames, dtype=torch.int64) * stride
+    return indices.clamp_(min=0, max=last)
+
+
+class _ConstantRate(VideoFrames):
+    """The timeline of ``num_frames`` frames at ``fps`` (frame ``i`` at ``i / fps``) lasting ``length`` s."""
+
+    def __init__(self, num_frames: int, fps: float, length: float | None = None) -> None:
+        times = torch.arange(max(num_frames, 1), dtype=torch.float64) / fps
+        super().__init__(times, num_frames / fps if length is None else length)
+
+
+def window_start(length: float, duration: float, video_fps: float, train: bool) -> float:
+    """``start_of_window`` for a constant-rate video of ``length`` seconds at ``video_fps``."""
+    video = _ConstantRate(math.ceil(length * video_fps - _EPS), video_fps, length)
+    return start_of_window(video, duration, train)
 
 
 def window_frame_indices(
@@ -93,22 +138,9 @@ def window_frame_indices(
     fps: float | None = None,
     stride: int | None = None,
 ) -> torch.Tensor:
-    """Indices (int64 [num_frames]) of the video frames of the window ``[start, start + duration)``.
-
-    By rate (``fps``): the frames shown at ``start + i / fps``. By stride: ``num_frames`` frames
-    ``stride`` apart from the window's first frame. Indices past the window's (or the video's) last frame
-    are clamped to it, so a short video repeats its last frame.
-    """
-    if (fps is None) == (stride is None):
-        raise ValueError("give exactly one of fps (sample by rate) and stride (sample by frames)")
-    first = math.ceil(start * video_fps - _EPS)
-    last = min(num_video_frames, math.ceil((start + duration) * video_fps - _EPS)) - 1
-    if fps is not None:
-        times = start + torch.arange(num_frames, dtype=torch.float64) / fps
-        indices = torch.floor(times * video_fps + _EPS).to(torch.int64)
-    else:
-        indices = first + torch.arange(num_frames, dtype=torch.int64) * stride
-    return indices.clamp_(min=0, max=max(last, 0))
+    """``frames_of_window`` for a constant-rate video of ``num_video_frames`` frames at ``video_fps``."""
+    video = _ConstantRate(num_video_frames, video_fps)
+    return frames_of_window(video, start, duration, num_frames, fps, stride)
 
 
 def crop_waveform(waveform: torch.Tensor, first_sample: int, num_samples: int) -> torch.Tensor:
@@ -127,24 +159,15 @@ def crop_waveform(waveform: torch.Tensor, first_sample: int, num_samples: int) -
 @dataclass
 class AVClip:
     """The decoded content of one window: ``frames`` uint8 [T, H, W, 3], ``waveform`` float32 [1, N]
-    (mono, N = duration * sample_rate), the window ``start`` (s), the ``frame_indices`` int64 [T] taken,
-    and ``audio_missing`` (the waveform is zeros standing in for no or silent audio)."""
+    (mono, N = duration * sample_rate), the window ``start`` (s, presentation time from the start of the
+    video stream), the ``frame_indices`` int64 [T] taken (frames in presentation order), and
+    ``audio_missing`` (the waveform is zeros standing in for no or silent audio)."""
 
     frames: torch.Tensor
     waveform: torch.Tensor
     start: float
     frame_indices: torch.Tensor
     audio_missing: bool
-
-
-def _video_reader(video: AudioSource) -> decord.VideoReader:
-    if isinstance(video, (bytes, bytearray, memoryview)):
-        return decord.VideoReader(io.BytesIO(bytes(video)), ctx=decord.cpu(0), num_threads=1)
-    if isinstance(video, (str, Path)):
-        if not Path(video).is_file():
-            raise FileNotFoundError(f"no such file: {str(video)!r}")
-        return decord.VideoReader(str(video), ctx=decord.cpu(0), num_threads=1)
-    return decord.VideoReader(video, ctx=decord.cpu(0), num_threads=1)
 
 
 def load_av_clip(
@@ -161,13 +184,16 @@ def load_av_clip(
     missing_audio: MissingAudio = "skip",
     silence_threshold: float = 1e-4,
     allow_short: bool = False,
+    frames_fps: float = 30.0,
 ) -> AVClip:
     """Decode one clip: the frames and the audio of the window ``[t0, t0 + duration)``.
 
     Args:
-        video: the video (path, bytes or binary file object), decoded with decord.
+        video: the video (path, bytes or binary file object, or a folder of frames), opened with
+            ``open_video``: frames by presentation time, mp4 edit lists honoured.
         audio: a separate wav/flac (or any ``read_audio`` source) that starts with the video; None reads
-            the video's own audio track with PyAV (its start offset from the first video frame honoured).
+            the video's own audio track with PyAV (its start offset from the video stream's start
+            honoured). A folder of frames has no track: without ``audio`` it counts as ``no_audio``.
         duration: window length in seconds.
         fps: sample frames by rate; ``num_frames`` defaults to ``round(duration * fps)``.
         num_frames, stride: sample ``num_frames`` frames ``stride`` apart instead (set ``fps=None``).
@@ -180,9 +206,10 @@ def load_av_clip(
         allow_short: a video shorter than the window (by more than one frame) raises
             ``BadSample("short_clip")`` unless this is True; then the window starts at 0, the last frame
             repeats and the audio is zero-padded.
+        frames_fps: frame rate of a folder of frames.
 
     Raises ``FileNotFoundError``, ``BadSample`` and the decoders' errors (``DECORDError``,
-    ``av.FFmpegError``, ``soundfile.LibsndfileError``) for bad files.
+    ``av.FFmpegError``, ``soundfile.LibsndfileError``, ``RuntimeError``) for bad files.
     """
     if missing_audio not in ("skip", "zeros"):
         raise ValueError(f"missing_audio must be 'skip' or 'zeros', got {missing_audio!r}")
@@ -190,15 +217,18 @@ def load_av_clip(
         if fps is None:
             raise ValueError("sampling by stride needs num_frames")
         num_frames = max(1, round(duration * fps))
-    reader = _video_reader(video)
-    num_video_frames, video_fps = len(reader), float(reader.get_avg_fps())
-    length = num_video_frames / video_fps
-    if length + 1 / video_fps < duration - _EPS and not allow_short:
+    if hasattr(video, "read"):
+        video = video.read()  # a file object: the video and its audio track are read from its bytes
+    frames = open_video(video, frames_fps)
+    length = frames.duration
+    if length + 1 / frames.fps < duration - _EPS and not allow_short:
         raise BadSample("short_clip", f"the video lasts {length:.3f} s, the window {duration:.3f} s")
 
     # Audio first: a clip skipped for its audio costs no frame decoding.
     audio_missing = False
     try:
+        if audio is None and isinstance(frames, FrameFolder):
+            raise BadSample("no_audio", "a folder of frames has no audio track (give a separate audio file)")
         raw = read_audio(video if audio is None else audio)
     except BadSample as error:
         if error.skip_reason not in ("no_audio", "empty_audio") or missing_audio == "skip":
@@ -212,7 +242,7 @@ def load_av_clip(
             audio_missing = True
 
     if start is None:
-        start = window_start(length, duration, video_fps, train)
+        start = start_of_window(frames, duration, train)
     else:
         start = min(max(start, 0.0), max(length - duration, 0.0))
     num_samples = round(duration * sample_rate)
@@ -223,10 +253,8 @@ def load_av_clip(
             to_mono(raw, sample_rate), round((start - raw.start) * sample_rate), num_samples
         )  # [1, num_samples]
 
-    indices = window_frame_indices(start, duration, video_fps, num_video_frames, num_frames, fps, stride)
-    unique, position = torch.unique(indices, return_inverse=True)  # decode each frame once, in order
-    frames = torch.from_numpy(reader.get_batch(unique.tolist()).asnumpy())[position]  # [T, H, W, 3]
-    return AVClip(frames, waveform, start, indices, audio_missing)
+    indices = frames_of_window(frames, start, duration, num_frames, fps, stride)
+    return AVClip(frames.read(indices), waveform, start, indices, audio_missing)  # frames [T, H, W, 3]
 
 
 class AudioVideoPipeline:
@@ -237,7 +265,7 @@ class AudioVideoPipeline:
     video augmentation is ``mae_video_transform`` in training (one crop and flip for all frames) and
     ``video_eval_transform`` otherwise; audio features are ``FbankTransform`` (``freqm``/``timem``/
     ``roll`` only in training; ``roll`` is off by default because shifting the audio breaks its alignment
-    with the frames).
+    with the frames). ``frames_fps`` is the frame rate of videos given as folders of frames.
     """
 
     def __init__(
@@ -264,6 +292,7 @@ class AudioVideoPipeline:
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         video_transform: Callable[[tv_tensors.Video], torch.Tensor] | None = None,
         fbank_transform: FbankTransform | None = None,
+        frames_fps: float = 30.0,
     ) -> None:
         if duration <= 0:
             raise ValueError(f"duration must be > 0, got {duration}")
@@ -279,6 +308,9 @@ class AudioVideoPipeline:
             raise ValueError(f"{num_frames} frames at {fps} fps do not fit in a {duration} s window")
         if missing_audio not in ("skip", "zeros"):
             raise ValueError(f"missing_audio must be 'skip' or 'zeros', got {missing_audio!r}")
+        if frames_fps <= 0:
+            raise ValueError(f"frames_fps must be > 0, got {frames_fps}")
+        self.frames_fps = frames_fps
         self.duration, self.fps, self.num_frames, self.stride = duration, fps, num_frames, stride
         self.train, self.missing_audio, self.silence_threshold = train, missing_audio, silence_threshold
         self.allow_short, self.sample_rate = allow_short, sample_rate
@@ -313,6 +345,7 @@ class AudioVideoPipeline:
             missing_audio=self.missing_audio,
             silence_threshold=self.silence_threshold,
             allow_short=self.allow_short,
+            frames_fps=self.frames_fps,
         )
 
     def to_sample(self, clip: AVClip) -> dict:
@@ -385,7 +418,8 @@ def _companion_audio(video: Path) -> Path | None:
 
 class AudioVideoDataset(SkipBadSamples, Dataset):
     """Audio-video clips from a CSV manifest (``read_av_manifest``) or a Kinetics-layout folder
-    ``root/<split>/<class_name>/*.mp4`` (one class per clip).
+    ``root/<split>/<class_name>/<video>`` (one class per clip). A video is a file or a folder of frames
+    (at the pipeline's ``frames_fps``, with its audio in a separate file).
 
     Audio (``audio_from``): ``"auto"`` takes the separate file (the CSV's ``audio_path`` column, or in a
     folder the wav/flac with the video's stem) when there is one, else the video's track; ``"track"``
@@ -418,7 +452,7 @@ class AudioVideoDataset(SkipBadSamples, Dataset):
             where = str(csv)
         elif root is not None:
             split_dir = Path(root) / split
-            names, files = list_class_files(split_dir, VIDEO_EXTENSIONS)
+            names, files = list_class_files(split_dir, VIDEO_EXTENSIONS, folders=True)
             self.records = [
                 AVRecord(
                     path,

@@ -41,11 +41,15 @@ def find_class_folders(split_dir: Path) -> list[str]:
 
 
 def list_class_files(
-    split_dir: Path, extensions: tuple[str, ...]
+    split_dir: Path, extensions: tuple[str, ...], folders: bool = False
 ) -> tuple[list[str], list[tuple[Path, int]]]:
     """Return ``(class_names, [(file, class_index), ...])`` for ``split_dir/<class>/<file>``, sorted.
 
-    Raises ``FileNotFoundError`` when the folder is missing or holds no file with one of ``extensions``.
+    With ``folders``, the sub-folders of each class folder are listed too (videos stored as folders of
+    frames); hidden ones (``.name``) are not.
+
+    Raises ``FileNotFoundError`` when the folder is missing or holds no file with one of ``extensions``
+    (nor, with ``folders``, a sub-folder).
     """
     if not split_dir.is_dir():
         raise FileNotFoundError(f"{str(split_dir)!r} is not a directory")
@@ -54,10 +58,12 @@ def list_class_files(
         (path, index)
         for index, name in enumerate(classes)
         for path in sorted((split_dir / name).iterdir())
-        if path.is_file() and path.suffix.lower() in extensions
+        if (path.is_file() and path.suffix.lower() in extensions)
+        or (folders and path.is_dir() and not path.name.startswith("."))
     ]
     if not samples:
-        raise FileNotFoundError(f"no {'/'.join(extensions)} files in {str(split_dir)!r}/<class>/")
+        what = f"{'/'.join(extensions)} files" + (" or frame folders" if folders else "")
+        raise FileNotFoundError(f"no {what} in {str(split_dir)!r}/<class>/")
     return classes, samples
 
 

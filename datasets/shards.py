@@ -40,7 +40,7 @@ from functools import partial
 from itertools import islice
 from pathlib import Path
 
-import decord
+import av
 import torch
 import webdataset as wds
 from decord._ffi.base import DECORDError
@@ -55,8 +55,13 @@ from unveil.datasets.common import (
     plain_tensor,
     skip_reason,
 )
+from unveil.datasets.frames import open_video
 from unveil.datasets.skips import BadSample, SkipCounter
-from unveil.datasets.video import VideoDataset, clip_indices, read_video_csv
+from unveil.datasets.video import (
+    FullWindowVideoDataset,  # noqa: F401 - importable from here as before
+    decode_clips,
+    read_video_csv,
+)
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 log = logging.getLogger("unveil.datasets")
@@ -339,8 +344,6 @@ def _encode_image(item: ShardItem, options: EncodeOptions) -> dict[str, bytes]:
 def reencode_video(data: bytes, short_side: int, crf: int = 23) -> tuple[bytes, float, int]:
     """Re-encode a video's bytes as an H.264 MP4 whose shorter side is at most ``short_side`` (even sizes,
     aspect kept, constant frame rate), copying its audio track. Returns ``(mp4 bytes, fps, frames)``."""
-    import av  # PyAV: only the writer needs it
-
     source = av.open(io.BytesIO(data))
     output_buffer = io.BytesIO()
     try:
@@ -378,27 +381,31 @@ def reencode_video(data: bytes, short_side: int, crf: int = 23) -> tuple[bytes, 
 
 
 def _encode_video(item: ShardItem, options: EncodeOptions) -> dict[str, bytes]:
+    if item.path.is_dir():
+        raise BadSample("decode_error", "a folder of frames: shards hold video files (encode it as an mp4)")
     data = item.path.read_bytes()
     media = item.path.suffix.lower().lstrip(".")
     if options.short_side is not None:
         data, fps, num_frames = reencode_video(data, options.short_side, options.video_crf)
         media = "mp4"
+        duration = num_frames / fps if fps and num_frames else None
     else:
         try:
             with _video_file(data, "." + media) as path:
-                reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-                fps, num_frames = float(reader.get_avg_fps()), len(reader)
-        except (RuntimeError, DECORDError):
+                video = open_video(path)  # by presentation time: what the reader will see
+                fps, num_frames, duration = video.fps, video.num_frames, video.duration
+        except (RuntimeError, DECORDError, av.FFmpegError):
             if options.verify:
                 raise
-            fps, num_frames = None, None  # unverified: stored as is, the reader will skip it if it is bad
+            # Unverified: stored as is; the reader skips it if it is bad.
+            fps, num_frames, duration = None, None, None
     meta = {
         "key": item.key,
         "label": item.label,
         "source": str(item.path),
         "fps": fps,
         "num_frames": num_frames,
-        "duration": num_frames / fps if fps and num_frames else None,
+        "duration": duration,
         **item.meta,
     }
     return {media: data, "cls": str(item.label).encode(), "json": json.dumps(meta).encode()}
@@ -714,7 +721,7 @@ _SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
 class _video_file:
-    """A video's bytes as a temporary file (in memory, on Linux), for decord.
+    """A video's bytes as a temporary file (in memory, on Linux), for decord and PyAV.
 
     decord can read from a BytesIO, but when such bytes fail to open it prints all of them to stderr;
     from a file it prints the path.
@@ -756,67 +763,6 @@ class ImageShardDecoder:
         }
 
 
-def decode_clips(
-    reader: decord.VideoReader,
-    num_frames: int,
-    sampling_rate: int,
-    train: bool = True,
-    repeated_sampling: int = 1,
-    start: float | None = None,
-    end: float | None = None,
-    require_full_window: bool = False,
-) -> torch.Tensor:
-    """Decode ``repeated_sampling`` clips of one video: uint8 [R, T, H, W, 3].
-
-    Each clip is ``num_frames`` frames ``sampling_rate`` apart (``clip_indices``) inside the segment
-    ``[start, end)`` seconds (default: the whole video). With ``require_full_window``, a segment shorter
-    than the window raises ``BadSample("short_clip")`` instead of repeating the last frame.
-    """
-    start_frame, end_frame = 0, None
-    if start is not None:
-        fps = reader.get_avg_fps()
-        start_frame, end_frame = round(start * fps), None if end is None else round(end * fps)
-    if require_full_window:
-        available = min(len(reader), end_frame if end_frame is not None else len(reader)) - start_frame
-        span = (num_frames - 1) * sampling_rate + 1
-        if available < span:
-            raise BadSample(
-                "short_clip",
-                f"{available} frames, the window needs {span} ({num_frames} x stride {sampling_rate})",
-            )
-    clips = torch.stack(
-        [
-            clip_indices(len(reader), num_frames, sampling_rate, train, start_frame, end_frame)
-            for _ in range(repeated_sampling)
-        ]
-    )  # [R, T]
-    # Decode each needed frame once, in increasing order (cheap seeks), then gather the clips.
-    unique, position = torch.unique(clips, return_inverse=True)
-    frames = torch.from_numpy(reader.get_batch(unique.tolist()).asnumpy())  # [U, H, W, 3]
-    return frames[position]  # [R, T, H, W, 3]
-
-
-class FullWindowVideoDataset(VideoDataset):
-    """``VideoDataset`` that skips (reason ``short_clip``) the videos, or manifest segments, shorter than
-    the clip window ``(num_frames - 1) * sampling_rate + 1``, instead of repeating their last frame."""
-
-    decode_errors = VideoDataset.decode_errors + (BadSample,)
-
-    def _decode(self, index: int) -> torch.Tensor:
-        record = self.records[index]
-        reader = decord.VideoReader(str(record.path), ctx=decord.cpu(0), num_threads=1)
-        return decode_clips(
-            reader,
-            self.num_frames,
-            self.sampling_rate,
-            self.train,
-            self.repeated_sampling,
-            record.start,
-            record.end,
-            require_full_window=True,
-        )
-
-
 class VideoShardDecoder:
     """Video shard samples (``mp4``/... + ``json``/``cls``) -> ``{"video", "label", "key"}``, sampled and
     augmented as ``VideoDataset`` does: ``video`` is [3, T, S, S], or [R, 3, T, S, S] with
@@ -846,9 +792,8 @@ class VideoShardDecoder:
         name, data = _media(sample, VIDEO_FIELDS, "video")
         meta = sample_meta(sample)
         with _video_file(data, "." + name) as path:
-            reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
             return decode_clips(
-                reader,
+                open_video(path),
                 self.num_frames,
                 self.sampling_rate,
                 self.train,

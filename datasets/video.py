@@ -1,6 +1,6 @@
-"""Video clips in the Kinetics layout (folders or CSV manifests), decoded with decord, sampled and augmented
-for MAE pretraining of Hiera (Feichtenhofer et al. 2022 "MAE as spatiotemporal learners"; Hiera, Ryali
-et al. 2023)."""
+"""Video clips in the Kinetics layout (folders or CSV manifests; video files or folders of frames), decoded
+by presentation time (``unveil.datasets.frames``), sampled and augmented for MAE pretraining of Hiera
+(Feichtenhofer et al. 2022 "MAE as spatiotemporal learners"; Hiera, Ryali et al. 2023)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import decord
+import av
 import torch
 from decord._ffi.base import DECORDError
 from torch.utils.data import Dataset, default_collate
@@ -22,6 +22,8 @@ from unveil.datasets.common import (
     list_class_files,
     plain_tensor,
 )
+from unveil.datasets.frames import VideoFrames, open_video
+from unveil.datasets.skips import BadSample
 
 # ---------------------------------------------------------------------------------------- clip sampling
 
@@ -57,6 +59,44 @@ def clip_indices(
         start += int(torch.randint(0, slack + 1, ()).item()) if train else slack // 2
     indices = start + torch.arange(num_frames, dtype=torch.int64) * sampling_rate
     return indices.clamp_(max=end - 1)
+
+
+def decode_clips(
+    video: VideoFrames,
+    num_frames: int,
+    sampling_rate: int,
+    train: bool = True,
+    repeated_sampling: int = 1,
+    start: float | None = None,
+    end: float | None = None,
+    require_full_window: bool = False,
+) -> torch.Tensor:
+    """Decode ``repeated_sampling`` clips of one video: uint8 [R, T, H, W, 3].
+
+    Each clip is ``num_frames`` frames ``sampling_rate`` apart (``clip_indices``) among the frames shown
+    during ``[start, end)`` seconds (default: the whole video). With ``require_full_window``, a segment
+    shorter than the window raises ``BadSample("short_clip")`` instead of repeating the last frame. Each
+    needed frame is decoded once (``VideoFrames.read``).
+    """
+    start_frame, end_frame = 0, None
+    if start is not None:
+        start_frame = video.frame_at(start)
+        end_frame = None if end is None else video.first_frame_from(end)
+    if require_full_window:
+        available = min(len(video), end_frame if end_frame is not None else len(video)) - start_frame
+        span = (num_frames - 1) * sampling_rate + 1
+        if available < span:
+            raise BadSample(
+                "short_clip",
+                f"{available} frames, the window needs {span} ({num_frames} x stride {sampling_rate})",
+            )
+    clips = torch.stack(
+        [
+            clip_indices(len(video), num_frames, sampling_rate, train, start_frame, end_frame)
+            for _ in range(repeated_sampling)
+        ]
+    )  # [R, T]
+    return video.read(clips.flatten()).unflatten(0, clips.shape)  # [R, T, H, W, 3]
 
 
 # ----------------------------------------------------------------------------------------- augmentation
@@ -152,12 +192,15 @@ class VideoDataset(SkipBadSamples, Dataset):
     """Video clips for MAE pretraining, from a Kinetics-layout folder or a CSV manifest.
 
     Sources: ``csv`` (see ``read_video_csv``; relative paths resolve against ``root`` when given, else
-    the CSV's folder) or, without ``csv``, the folder ``root/<split>/<class_name>/*.mp4`` (class index =
-    sorted folder position, key = path relative to ``root/<split>``).
+    the CSV's folder) or, without ``csv``, the folder ``root/<split>/<class_name>/<video>`` (class index =
+    sorted folder position, key = path relative to ``root/<split>``). A video is a file (mp4, avi, mkv,
+    webm, mov) or a folder of JPEG/PNG frames (DAVIS, SA-V and pre-extracted Kinetics layouts) shown at
+    ``frames_fps``; a CSV row names either.
 
-    Each sample decodes one video once (decord, CPU, one thread) and takes ``repeated_sampling`` clips
-    from it, each with its own temporal window (``clip_indices``) and its own spatial augmentation, shared
-    by all frames of that clip. A sample is::
+    Each sample opens one video (``open_video``: frames by presentation time, mp4 edit lists honoured),
+    takes ``repeated_sampling`` clips from it, each with its own temporal window (``clip_indices``) and its
+    own spatial augmentation, shared by all frames of that clip, and decodes each needed frame once. A
+    manifest's ``start,end`` segment selects the frames shown during it. A sample is::
 
         {"video": float [3, T, S, S]            (repeated_sampling == 1)
                   float [R, 3, T, S, S]         (repeated_sampling == R > 1),
@@ -170,10 +213,12 @@ class VideoDataset(SkipBadSamples, Dataset):
     4 clips per decoded video.
 
     A video that fails to decode is skipped (warning naming it, ``self.skipped[reason]`` counted) and the
-    next index is returned instead.
+    next index is returned instead. With ``require_full_window``, so is (reason ``short_clip``) a video or
+    segment shorter than the clip window ``(num_frames - 1) * sampling_rate + 1``, instead of repeating
+    its last frame.
     """
 
-    decode_errors = (OSError, RuntimeError, DECORDError)
+    decode_errors = (OSError, RuntimeError, DECORDError, av.FFmpegError, BadSample)
 
     def __init__(
         self,
@@ -191,7 +236,11 @@ class VideoDataset(SkipBadSamples, Dataset):
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         transform: Callable[[tv_tensors.Video], torch.Tensor] | None = None,
         max_retries: int = 10,
+        frames_fps: float = 30.0,
+        require_full_window: bool = False,
     ) -> None:
+        if frames_fps <= 0:
+            raise ValueError(f"frames_fps must be > 0, got {frames_fps}")
         if repeated_sampling < 1:
             raise ValueError(f"repeated_sampling must be >= 1, got {repeated_sampling}")
         if num_frames < 1 or sampling_rate < 1:
@@ -201,7 +250,7 @@ class VideoDataset(SkipBadSamples, Dataset):
             self.records = read_video_csv(csv, root)
         elif root is not None:
             split_dir = Path(root) / split
-            self.classes, files = list_class_files(split_dir, VIDEO_EXTENSIONS)
+            self.classes, files = list_class_files(split_dir, VIDEO_EXTENSIONS, folders=True)
             self.records = [
                 VideoRecord(path, label, path.relative_to(split_dir).as_posix()) for path, label in files
             ]
@@ -211,6 +260,7 @@ class VideoDataset(SkipBadSamples, Dataset):
         self.sampling_rate = sampling_rate
         self.train = train
         self.repeated_sampling = repeated_sampling
+        self.frames_fps, self.require_full_window = frames_fps, require_full_window
         if transform is None:
             transform = (
                 mae_video_transform(input_size, crop_scale, hflip, mean, std)
@@ -234,23 +284,16 @@ class VideoDataset(SkipBadSamples, Dataset):
     def _decode(self, index: int) -> torch.Tensor:
         """Decode the clips of one video: uint8 [R, T, H, W, 3]."""
         record = self.records[index]
-        reader = decord.VideoReader(str(record.path), ctx=decord.cpu(0), num_threads=1)
-        start_frame, end_frame = 0, None
-        if record.start is not None:
-            fps = reader.get_avg_fps()
-            start_frame, end_frame = round(record.start * fps), round(record.end * fps)
-        clips = torch.stack(
-            [
-                clip_indices(
-                    len(reader), self.num_frames, self.sampling_rate, self.train, start_frame, end_frame
-                )
-                for _ in range(self.repeated_sampling)
-            ]
-        )  # [R, T]
-        # Decode each needed frame once, in increasing order (cheap seeks), then gather the clips.
-        unique, position = torch.unique(clips, return_inverse=True)
-        frames = torch.from_numpy(reader.get_batch(unique.tolist()).asnumpy())  # [U, H, W, 3]
-        return frames[position]  # [R, T, H, W, 3]
+        return decode_clips(
+            open_video(record.path, self.frames_fps),
+            self.num_frames,
+            self.sampling_rate,
+            self.train,
+            self.repeated_sampling,
+            record.start,
+            record.end,
+            self.require_full_window,
+        )
 
     def _transform(self, clips: torch.Tensor, index: int) -> dict:
         record = self.records[index]
@@ -260,6 +303,15 @@ class VideoDataset(SkipBadSamples, Dataset):
             videos.append(plain_tensor(video).permute(1, 0, 2, 3))  # [3, T, S, S], Hiera's layout
         video = videos[0] if self.repeated_sampling == 1 else torch.stack(videos)
         return {"video": video, "label": torch.tensor(record.label, dtype=torch.int64), "key": record.key}
+
+
+class FullWindowVideoDataset(VideoDataset):
+    """``VideoDataset`` that skips (reason ``short_clip``) the videos, or manifest segments, shorter than
+    the clip window ``(num_frames - 1) * sampling_rate + 1``, instead of repeating their last frame."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("require_full_window", True)
+        super().__init__(*args, **kwargs)
 
 
 def repeated_collate(samples: list[dict]) -> dict:
