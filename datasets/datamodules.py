@@ -161,6 +161,11 @@ class _LoadersMixin:
         self.setup()
         return [] if self.val_set is None else self._loader(self.val_set, train=False)
 
+    def test_dataloader(self) -> DataLoader | list:
+        """The validation split: pretraining data has a train and a val split, and ``unveil test`` evaluates on
+        the held-out one (as ``unveil validate`` does, its metrics logged under ``test/``)."""
+        return self.val_dataloader()
+
 
 class _ShardsMixin:
     """Switches a DataModule's source between its folders/CSV manifests and WebDataset shards by

@@ -201,6 +201,10 @@ def _make_cli_class():
     from jsonargparse import ArgumentError
     from lightning.pytorch.cli import LightningCLI
 
+    # The callbacks that recipes and the README name by their short class name (`--trainer.callbacks+=ExportBackbone`)
+    # must be imported before parsing, or jsonargparse cannot resolve the name.
+    import unveil.launch.export  # noqa: F401  (ExportBackbone)
+
     class UnveilCLI(LightningCLI):
         """LightningCLI whose parse and build errors become one-line ``UsageError``s, and which closes the W&B
         runs it started when the command ends (see ``unveil.launch.run_config.finish_wandb_runs``)."""
@@ -220,6 +224,15 @@ def _make_cli_class():
                     raise UsageError(problem) from None
                 raise
             finish_wandb_runs(getattr(self, "trainer", None), failed=False)
+
+        def add_arguments_to_parser(self, parser) -> None:
+            # The run plumbing (run folder, W&B logger, checkpoints, skip counter) as defaults for a recipe that
+            # sets neither trainer.logger nor trainer.callbacks: see unveil.launch.run_defaults.
+            from unveil.launch.run_defaults import recipe_run_defaults
+
+            defaults = recipe_run_defaults(self.config_files[0]) if self.config_files else None
+            if defaults:
+                parser.set_defaults({f"trainer.{key}": value for key, value in defaults.items()})
 
         def parse_arguments(self, parser, args) -> None:
             try:
@@ -297,7 +310,7 @@ def parse_recipe(recipe: str, *overrides: str, subcommand: str = "fit"):
 
     ParseOnlyCLI.config_files, ParseOnlyCLI.raw_args = configs, args
     saved_argv = sys.argv
-    sys.argv = ["unveil", *args]
+    sys.argv = [saved_argv[0], *args]
     try:
         ParseOnlyCLI(**_cli_kwargs())
     except _ParsedOnly:
@@ -313,9 +326,11 @@ def run_trainer_command(argv: list[str]) -> None:
     cli_class = _make_cli_class()
     cli_class.config_files = configs
     cli_class.raw_args = args
-    # LightningCLI reads sys.argv (passing args= as well makes it warn), so lend it ours for the call.
+    # LightningCLI reads sys.argv (passing args= as well makes it warn), so lend it ours for the call. sys.argv[0]
+    # stays the program that was started (the `unveil` console script, or `python -m unveil.launch.cli`): with
+    # several devices on one machine, Lightning starts every other rank by running `python sys.argv[0] ...` again.
     saved_argv = sys.argv
-    sys.argv = ["unveil", *args]
+    sys.argv = [saved_argv[0], *args]
     try:
         cli_class(**_cli_kwargs())
     finally:

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from torch.utils.data import default_collate
 from unveil.models import MaskedAutoencoderHiera
 from unveil.pretrain.checkpoints import record_architecture
 from unveil.pretrain.optim import WarmupCosineAdamW
@@ -29,7 +27,13 @@ from unveil.pretrain.resume import (
     step_seed,
 )
 from unveil.pretrain.throughput import SamplesPerSecond
-from unveil.pretrain.visualize import ReconstructionPictures, reconstruction_grid, save_grid, send_to_loggers
+from unveil.pretrain.visualize import (
+    ReconstructionPictures,
+    reconstruction_grid,
+    save_grid,
+    send_to_loggers,
+    validation_samples,
+)
 
 INPUT_KEYS: tuple[str, ...] = ("video", "image")
 """Batch keys the module reads its input from, in order of preference, when ``input_key`` is not set."""
@@ -40,9 +44,11 @@ class MAEPretrainModule(ReconstructionPictures, WarmupCosineAdamW, pl.LightningM
 
     Args:
         model: the masked autoencoder (a recipe builds it with ``class_path``/``init_args``).
-        base_lr: learning rate per 256 samples; the optimiser gets ``base_lr * effective_batch / 256``, where
-            ``effective_batch = batch_size * devices * num_nodes * accumulate_grad_batches`` (for video,
-            ``batch_size`` counts videos; each gives ``repeated_sampling`` clips, as in MAE-ST).
+        base_lr: learning rate at ``base_batch_size`` samples per step; the optimiser gets
+            ``base_lr * effective_batch / base_batch_size``, where ``effective_batch = batch_size *
+            repeated_sampling * devices * num_nodes * accumulate_grad_batches`` (clips, for video).
+        base_batch_size: the global batch at which ``base_lr`` applies: 256 for a rate per 256 samples (MAE's
+            blr), or the batch of a paper table that gives an absolute rate (Hiera Table 14: 8e-4 at 4096).
         lr: absolute learning rate; when set, ``base_lr`` and the scaling rule are ignored.
         weight_decay: AdamW weight decay (not applied to 1-D parameters and ``model.no_weight_decay()``).
         betas: AdamW betas.
@@ -70,6 +76,7 @@ class MAEPretrainModule(ReconstructionPictures, WarmupCosineAdamW, pl.LightningM
         warmup_epochs: float = 40.0,
         warmup_steps: int | None = None,
         min_lr: float = 0.0,
+        base_batch_size: int = 256,
         input_key: str | None = None,
         log_images_every_n_steps: int = 500,
         num_vis_samples: int = 4,
@@ -84,7 +91,8 @@ class MAEPretrainModule(ReconstructionPictures, WarmupCosineAdamW, pl.LightningM
         if log_images_every_n_steps < 0:
             raise ValueError(f"log_images_every_n_steps must be >= 0, got {log_images_every_n_steps}")
         self.save_hyperparameters(ignore=["model"])
-        self._init_optimizer(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr)
+        self._init_optimizer(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr,
+                             base_batch_size=base_batch_size)
         self.input_key = input_key
         self.log_images_every_n_steps = log_images_every_n_steps
         self.num_vis_samples = num_vis_samples
@@ -167,20 +175,11 @@ class MAEPretrainModule(ReconstructionPictures, WarmupCosineAdamW, pl.LightningM
         self.samples_per_sec.reset()
 
     def _vis_samples_from_val(self) -> torch.Tensor | None:
-        """``num_vis_samples`` validation inputs spread over the validation set, or None if there is none."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
-            return None
-        try:
-            dataset = datamodule.val_dataloader().dataset
-            size = len(dataset)
-        except (AttributeError, TypeError, NotImplementedError, MisconfigurationException):
-            return None  # no validation split (or one without a length): pictures use training samples
-        if size == 0:
-            return None
-        count = min(self.num_vis_samples, size)
-        indices = torch.linspace(0, size - 1, count).round().long().tolist()
-        return default_collate([self.get_input(dataset[i]) for i in indices])
+        """``num_vis_samples`` validation inputs (from any source, see ``validation_samples``), or None if there
+        is no validation data."""
+        samples = validation_samples(getattr(self.trainer, "datamodule", None), self.num_vis_samples,
+                                     lambda batch: {"input": self.get_input(batch)})
+        return None if samples is None else samples["input"]
 
     def _init_pictures(self, train_input: torch.Tensor) -> None:
         """Fix the picture samples and mask, and draw the picture of the untrained model (step 0)."""

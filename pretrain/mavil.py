@@ -28,7 +28,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import default_collate
 from torchvision.utils import make_grid
 from unveil.models.mavil import MAViL, MAViLMasks, MAViLOutput, masked_mse
 from unveil.pretrain.checkpoints import record_architecture
@@ -36,7 +35,13 @@ from unveil.pretrain.contrastive import retrieval_recall, symmetric_info_nce
 from unveil.pretrain.optim import WarmupCosineAdamW
 from unveil.pretrain.resume import restore_train_loader_position, seeded_rng, step_rng
 from unveil.pretrain.throughput import SamplesPerSecond
-from unveil.pretrain.visualize import ReconstructionPictures, reconstruction_grid, save_grid, send_to_loggers
+from unveil.pretrain.visualize import (
+    ReconstructionPictures,
+    reconstruction_grid,
+    save_grid,
+    send_to_loggers,
+    validation_samples,
+)
 
 __all__ = ["MAViLPretrainModule", "MAViLSelfTrainModule", "load_mavil_state_dict", "spectrogram_grid"]
 
@@ -69,7 +74,7 @@ def load_mavil_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(
             f"MAViL teacher checkpoint not found: '{path}' (set teacher_checkpoint to the stage-1 run's .ckpt, "
-            "e.g. runs/mavil_stage1/version_0/checkpoints/last.ckpt)"
+            "e.g. runs/mavil_stage1_as2m/checkpoints/last.ckpt)"
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -140,12 +145,14 @@ class _MAViLModule(WarmupCosineAdamW, pl.LightningModule):
         gather_negatives: bool,
         retrieval_ks: Sequence[int],
         vis_seed: int,
+        base_batch_size: int = 256,
     ) -> None:
         if inter_weight < 0 or intra_weight < 0:
             raise ValueError("loss weights must be >= 0")
         if inter_temperature <= 0 or intra_temperature <= 0:
             raise ValueError("temperatures must be > 0")
-        self._init_optimizer(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr)
+        self._init_optimizer(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr,
+                             base_batch_size=base_batch_size)
         self.inter_weight, self.intra_weight = inter_weight, intra_weight
         self.inter_temperature, self.intra_temperature = inter_temperature, intra_temperature
         self.gather_negatives = gather_negatives
@@ -296,7 +303,9 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
 
     Args:
         model: the ``MAViL`` model (``target_dim`` None: it predicts pixels).
-        base_lr: learning rate per 256 samples; the optimiser gets ``base_lr * effective_batch / 256``.
+        base_lr: learning rate per ``base_batch_size`` samples; the optimiser gets
+            ``base_lr * effective_batch / base_batch_size``.
+        base_batch_size: the global batch at which ``base_lr`` applies (256: AudioMAE's blr per 256).
         lr: absolute learning rate; when set, ``base_lr`` and the scaling rule are ignored.
         weight_decay, betas: AdamW (no weight decay on norms, biases, CLS/mask tokens, position embeddings).
         warmup_epochs, warmup_steps: linear warmup (steps override epochs), then a half cosine to ``min_lr``.
@@ -324,6 +333,7 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
         warmup_epochs: float = 3.0,
         warmup_steps: int | None = None,
         min_lr: float = 0.0,
+        base_batch_size: int = 256,
         audio_reconstruction_weight: float = 1.0,
         video_reconstruction_weight: float = 1.0,
         inter_weight: float = 0.1,
@@ -349,7 +359,7 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
         self.save_hyperparameters(ignore=["model"])
         self._init_training(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr,
                             inter_weight, intra_weight, inter_temperature, intra_temperature, gather_negatives,
-                            retrieval_ks, vis_seed)
+                            retrieval_ks, vis_seed, base_batch_size=base_batch_size)
         self.audio_reconstruction_weight = audio_reconstruction_weight
         self.video_reconstruction_weight = video_reconstruction_weight
         self.log_images_every_n_steps = log_images_every_n_steps
@@ -391,17 +401,9 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
         return super().training_step(batch, batch_idx)
 
     def _vis_samples_from_val(self) -> dict[str, torch.Tensor] | None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        try:
-            dataset = datamodule.val_dataloader().dataset
-            size = len(dataset)
-        except Exception:  # no validation split, or an iterable one: use training samples
-            return None
-        if size == 0:
-            return None
-        indices = torch.linspace(0, size - 1, min(self.num_vis_samples, size)).round().long().tolist()
-        samples = [dataset[i] for i in indices]  # decode each once
-        return default_collate([{"fbank": sample["fbank"], "video": sample["video"]} for sample in samples])
+        """``num_vis_samples`` validation clips (from any source, see ``validation_samples``), or None."""
+        return validation_samples(getattr(self.trainer, "datamodule", None), self.num_vis_samples,
+                                  lambda batch: {"fbank": batch["fbank"], "video": batch["video"]})
 
     def _init_pictures(self, batch: Mapping[str, torch.Tensor]) -> None:
         samples = self._vis_samples_from_val() if self.trainer.is_global_zero else None
@@ -489,6 +491,7 @@ class MAViLSelfTrainModule(_MAViLModule):
         warmup_epochs: float = 3.0,
         warmup_steps: int | None = None,
         min_lr: float = 0.0,
+        base_batch_size: int = 256,
         audio_feature_weight: float = 1.0,
         video_feature_weight: float = 1.0,
         inter_weight: float = 0.0,
@@ -534,7 +537,7 @@ class MAViLSelfTrainModule(_MAViLModule):
         self.video_feature_weight = video_feature_weight
         self._init_training(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr,
                             inter_weight, intra_weight, inter_temperature, intra_temperature, gather_negatives,
-                            retrieval_ks, vis_seed)
+                            retrieval_ks, vis_seed, base_batch_size=base_batch_size)
 
     @property
     def teacher(self) -> MAViL:

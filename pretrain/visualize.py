@@ -6,11 +6,13 @@ input | masked input | reconstruction | target.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import DataLoader, IterableDataset, Subset
 from torchvision.utils import make_grid, save_image
 
 PANELS: tuple[str, ...] = ("input", "masked", "reconstruction", "target")
@@ -85,6 +87,54 @@ def send_to_loggers(loggers: Sequence, tag: str, grid: torch.Tensor, step: int) 
                              caption=[" | ".join(PANELS)])
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(tag, pixels, global_step=step)  # CHW uint8: no rescaling by TensorBoard
+
+
+def validation_samples(
+    datamodule, count: int, select: Callable[[object], Mapping[str, torch.Tensor]]
+) -> dict[str, torch.Tensor] | None:
+    """Up to ``count`` validation samples for the pictures, as one batch: ``select(batch)`` (a dict of tensors with
+    a leading batch dimension) of the datamodule's validation batches, or None when there is no validation data.
+
+    Any source works. A map-style dataset with a length (folders, CSV manifests) gives samples spread evenly over
+    it, so the pictures show different classes; any other (WebDataset shards, iterable datasets) gives its first
+    ``count`` samples. Both are read in this process with the validation loader's own collate: no worker starts,
+    and only the samples shown are decoded.
+    """
+    if datamodule is None or count < 1:
+        return None
+    try:
+        loader = datamodule.val_dataloader()
+    except (NotImplementedError, MisconfigurationException):  # the datamodule has no validation loader
+        return None
+    if isinstance(loader, (list, tuple)):  # no validation split ([]), or several loaders: the first
+        if not loader:
+            return None
+        loader = loader[0]
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None:
+        return None
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        if loader.batch_size is None and hasattr(dataset, "batch_size"):
+            dataset.batch_size = count  # the dataset makes its own batches (ShardDataset): decode only these
+        loader.num_workers = 0  # a fresh loader of our own: read it here, without starting workers
+        reader = loader
+    else:
+        size = len(dataset)
+        if size == 0:
+            return None
+        indices = torch.linspace(0, size - 1, min(count, size)).round().long().tolist()
+        reader = DataLoader(Subset(dataset, indices), batch_size=len(indices), collate_fn=loader.collate_fn)
+    parts: list[Mapping[str, torch.Tensor]] = []
+    taken = 0
+    for batch in reader:
+        part = select(batch)
+        parts.append(part)
+        taken += len(next(iter(part.values())))
+        if taken >= count:
+            break
+    if not parts:
+        return None
+    return {key: torch.cat([part[key] for part in parts])[:count] for key in parts[0]}
 
 
 class ReconstructionPictures:
