@@ -208,7 +208,7 @@ class _ClassificationModule(pl.LightningModule):
         checkpoint: str | None,
         model: str | None,
         modality: str | None,
-        num_classes: int,
+        num_classes: int | None,
         multi_label: bool,
         random_init: bool,
         backbone_overrides: dict | None,
@@ -219,32 +219,47 @@ class _ClassificationModule(pl.LightningModule):
         warmup_steps: int | None,
         min_lr: float,
         log_pictures: bool,
-        hiera_head: bool,
-    ) -> PretrainedBackbone:
-        if num_classes < 1:
+    ) -> None:
+        """Check and keep the settings; build the model now when ``num_classes`` is known, else in
+        :meth:`configure_model` from the DataModule's ``num_classes``."""
+        if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if lr is None and base_lr <= 0 or lr is not None and lr <= 0:
             raise ValueError("the learning rate (lr or base_lr) must be positive")
         if base_batch_size < 1 or warmup_epochs < 0 or (warmup_steps is not None and warmup_steps < 0):
             raise ValueError("base_batch_size must be >= 1 and the warmup >= 0")
-        loaded = load_pretrained_backbone(
-            checkpoint,
-            model=model,
-            modality=modality,
-            num_classes=num_classes if hiera_head else 0,
-            random_init=random_init,
-            **dict(backbone_overrides or {}),
+        self._backbone_args = dict(
+            path=checkpoint, model=model, modality=modality, random_init=random_init, **dict(backbone_overrides or {})
         )
-        from lightning.pytorch.utilities import rank_zero_info
-
-        rank_zero_info(loaded.summary())
-        self.backbone_report = loaded
-        self.num_classes, self.multi_label = num_classes, multi_label
+        self.multi_label = multi_label
         self.lr, self.base_lr, self.base_batch_size = lr, base_lr, base_batch_size
         self.warmup_epochs, self.warmup_steps, self.min_lr = warmup_epochs, warmup_steps, min_lr
         self.log_pictures = log_pictures
         self.peak_lr: float | None = None
-        if multi_label:
+        self.num_classes: int | None = None
+        self.backbone_report: PretrainedBackbone | None = None
+        if num_classes is not None:
+            self._build(num_classes)
+
+    def configure_model(self) -> None:
+        if self.num_classes is not None:
+            return
+        num_classes = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
+        if not num_classes:
+            raise ValueError("set model.init_args.num_classes (the DataModule does not tell its number of classes)")
+        self._build(int(num_classes))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # num_classes may have come from the data: keep it, so that load_from_checkpoint builds the same model
+        checkpoint.setdefault("hyper_parameters", {})["num_classes"] = self.num_classes
+
+    def _build(self, num_classes: int) -> None:
+        from lightning.pytorch.utilities import rank_zero_info
+
+        loaded = load_pretrained_backbone(num_classes=num_classes if self._hiera_head else 0, **self._backbone_args)
+        rank_zero_info(loaded.summary())
+        self.backbone_report, self.num_classes = loaded, num_classes
+        if self.multi_label:
             self.val_metrics = MetricCollection({"mAP": MultilabelAveragePrecision(num_classes, average="macro")})
             self.val_class_ap = MultilabelAveragePrecision(num_classes, average=None)
         else:
@@ -255,7 +270,12 @@ class _ClassificationModule(pl.LightningModule):
                 }
             )
             self.val_confusion = MulticlassConfusionMatrix(num_classes, normalize="true")
-        return loaded
+        self._make_head(loaded, num_classes)
+
+    _hiera_head = True  # Hiera's own classifier (fine-tuning) or none (the probe has its own head)
+
+    def _make_head(self, loaded: PretrainedBackbone, num_classes: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     # ---- evaluation -------------------------------------------------------------------------------
 
@@ -365,7 +385,7 @@ class FineTuneClassifier(_ClassificationModule):
             None with ``model`` or ``random_init`` for training from scratch.
         model: factory name for plain state dicts (official Hiera) or for random init without a checkpoint.
         modality: MAViL checkpoints: ``audio``, ``video`` or ``audio_video``.
-        num_classes: classes of the task.
+        num_classes: classes of the task; null: the DataModule's ``num_classes`` (built in ``configure_model``).
         multi_label: multi-hot labels (AudioSet): BCE and mAP; otherwise single-label: top-1/top-5.
         random_init: the checkpoint's architecture at random initialisation (a baseline).
         drop_path_rate, head_dropout: stochastic depth of the backbone, dropout before the classifier.
@@ -384,7 +404,7 @@ class FineTuneClassifier(_ClassificationModule):
         checkpoint: str | None = None,
         model: str | None = None,
         modality: str | None = None,
-        num_classes: int = 1000,
+        num_classes: int | None = None,
         multi_label: bool = False,
         random_init: bool = False,
         drop_path_rate: float = 0.1,
@@ -414,26 +434,29 @@ class FineTuneClassifier(_ClassificationModule):
             raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
         overrides = dict(backbone_overrides or {})
         overrides["drop_path_rate"] = drop_path_rate
-        loaded = self._init_common(
-            checkpoint, model, modality, num_classes, multi_label, random_init, overrides, lr, base_lr,
-            base_batch_size, warmup_epochs, warmup_steps, min_lr, log_pictures, hiera_head=True,
-        )
-        if loaded.kind == "hiera":  # Hiera's own head: dropout before its projection (Hiera K400: 0.3 / 0.5)
-            loaded.model.head.dropout = nn.Dropout(head_dropout) if head_dropout > 0 else nn.Identity()
-        self.net = ClassifierNet(loaded, num_classes, head_dropout, mask_t_prob=mask_t_prob, mask_f_prob=mask_f_prob)
+        self.head_dropout, self.mask_t_prob, self.mask_f_prob = head_dropout, mask_t_prob, mask_f_prob
         self.weight_decay, self.betas, self.layer_decay = weight_decay, tuple(betas), layer_decay
         self.label_smoothing = label_smoothing
+        self._mixup_args = dict(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob)
         self.mixup_fn = None
-        if mixup > 0 or cutmix > 0:
+        self._init_common(
+            checkpoint, model, modality, num_classes, multi_label, random_init, overrides, lr, base_lr,
+            base_batch_size, warmup_epochs, warmup_steps, min_lr, log_pictures,
+        )
+
+    def _make_head(self, loaded: PretrainedBackbone, num_classes: int) -> None:
+        if loaded.kind == "hiera":  # Hiera's own head: dropout before its projection (Hiera K400: 0.3 / 0.5)
+            loaded.model.head.dropout = nn.Dropout(self.head_dropout) if self.head_dropout > 0 else nn.Identity()
+        self.net = ClassifierNet(
+            loaded, num_classes, self.head_dropout, mask_t_prob=self.mask_t_prob, mask_f_prob=self.mask_f_prob
+        )
+        if self._mixup_args["mixup_alpha"] > 0 or self._mixup_args["cutmix_alpha"] > 0:
             from timm.data import Mixup
 
             self.mixup_fn = Mixup(
-                mixup_alpha=mixup,
-                cutmix_alpha=cutmix,
-                prob=mixup_prob,
-                switch_prob=mixup_switch_prob,
+                **self._mixup_args,
                 mode="batch",
-                label_smoothing=0.0 if multi_label else label_smoothing,
+                label_smoothing=0.0 if self.multi_label else self.label_smoothing,
                 num_classes=num_classes,
             )
 
@@ -512,7 +535,7 @@ class LinearProbe(_ClassificationModule):
         checkpoint: str | None = None,
         model: str | None = None,
         modality: str | None = None,
-        num_classes: int = 1000,
+        num_classes: int | None = None,
         multi_label: bool = False,
         random_init: bool = False,
         lr: float | None = None,
@@ -527,10 +550,15 @@ class LinearProbe(_ClassificationModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        loaded = self._init_common(
+        self.weight_decay, self.momentum = weight_decay, momentum
+        self._init_common(
             checkpoint, model, modality, num_classes, multi_label, random_init, None, lr, base_lr,
-            base_batch_size, warmup_epochs, warmup_steps, min_lr, log_pictures, hiera_head=False,
+            base_batch_size, warmup_epochs, warmup_steps, min_lr, log_pictures,
         )
+
+    _hiera_head = False
+
+    def _make_head(self, loaded: PretrainedBackbone, num_classes: int) -> None:
         self.net = ClassifierNet(loaded, num_classes)
         self.net.requires_grad_(False)
         self.net.eval()
@@ -538,11 +566,11 @@ class LinearProbe(_ClassificationModule):
         self.head = nn.Sequential(nn.BatchNorm1d(width, affine=False, eps=1e-6), nn.Linear(width, num_classes))
         trunc_normal_(self.head[1].weight, std=0.01)  # MAE main_linprobe.py
         nn.init.zeros_(self.head[1].bias)
-        self.weight_decay, self.momentum = weight_decay, momentum
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.net.eval()  # frozen: never in training mode
+        if getattr(self, "net", None) is not None:
+            self.net.eval()  # frozen: never in training mode
         return self
 
     @torch.no_grad()
