@@ -2,11 +2,22 @@
 paths or bytes), the AudioMAE log-mel front end, its training augmentations, AudioSet-style multi-label
 manifests, and ``AudioDataset``.
 
-The front end is AudioMAE's (Huang et al. 2022), bit for bit: a mono 16 kHz waveform, mean removed, goes
-through ``torchaudio.compliance.kaldi.fbank`` (128 mel bins, 25 ms Hanning windows every 10 ms, HTK mel
-scale, no energy, no dither); the frames are zero-padded or cropped to ``target_length`` (1024 for 10 s)
-and normalised as ``(x - mean) / (2 * std)`` with the dataset statistics (AudioSet: -4.2677393,
-4.5689974). A sample is ``{"fbank": float [1, target_length, 128], "label": float [num_classes], "key"}``.
+The front end is AudioMAE's (Huang et al. 2022): a mono 16 kHz waveform, mean removed, goes through
+``torchaudio.compliance.kaldi.fbank`` (128 mel bins, 25 ms Hanning windows every 10 ms, HTK mel scale, no
+energy, no dither); the frames are zero-padded or cropped to ``target_length`` (1024 for 10 s) and normalised
+as ``(x - mean) / (2 * std)`` with the dataset statistics (AudioSet: -4.2677393, 4.5689974). A sample is
+``{"fbank": float [1, target_length, 128], "label": float [num_classes], "key"}``.
+
+Bit for bit AudioMAE's features only for a 16 kHz mono wav. Elsewhere it differs where AudioMAE has no
+counterpart (it reads 16 kHz files with torchaudio and takes them as they are): another rate is resampled to
+16 kHz (``torchaudio.functional.resample``), several channels are averaged to mono, and AAC or other
+compressed audio (the audio track of an mp4, m4a, mp3) is decoded by PyAV, whose decoder may not give the
+samples of the tool that made AudioMAE's files.
+
+Training augmentations, by default those of AudioMAE's AS-2M pretraining (``submit_pretrain_audioset2M.sh``
+with ``main_pretrain.py``): no SpecAugment (``--freqm``/``--timem`` 0; 48/192 are its fine-tuning values) and
+the gain of ``--roll_mag_aug`` (see ``random_gain``). The circular time shift (``time_shift``) is ours and off
+by default.
 
 Mixup is left out: it mixes pairs of samples and their labels, so it belongs to the batch (a collate
 function or the LightningModule), and AudioMAE/MAViL pretraining do not use it.
@@ -209,31 +220,36 @@ def normalize_fbank(
     return (fbank - mean) / (2 * std)
 
 
-def roll_waveform(waveform: torch.Tensor, gain: bool = True) -> torch.Tensor:
-    """AudioMAE's ``roll_mag_aug``: a circular shift of the waveform [1, N] by a uniform random number of
-    samples, times a gain drawn from Beta(10, 10) + 0.5 (in [0.5, 1.5]) when ``gain``.
+def random_gain(waveform: torch.Tensor) -> torch.Tensor:
+    """What AudioMAE's ``roll_mag_aug`` does: the waveform times a gain drawn from Beta(10, 10) + 0.5 (in
+    [0.5, 1.5]).
 
-    (AudioMAE's own version rolls a [1, N] array along its first axis, which has length 1, so its shift
-    is always 0 and only the gain acts; this one shifts along time, as intended.)
+    Its roll never shifts: ``dataset.py`` rolls the [1, N] array by ``randint(len(waveform))``, and the length
+    of the first axis is 1, so the shift is always 0. Only the gain acts.
     """
+    return waveform * (torch.distributions.Beta(10.0, 10.0).sample() + 0.5)
+
+
+def time_shift_waveform(waveform: torch.Tensor) -> torch.Tensor:
+    """A circular shift of the waveform [1, N] along time by a uniform random number of samples (not in
+    AudioMAE, whose roll does not shift: see ``random_gain``)."""
     shift = int(torch.randint(0, waveform.shape[-1], ()).item())
-    rolled = torch.roll(waveform, shifts=shift, dims=-1)
-    if gain:
-        rolled = rolled * (torch.distributions.Beta(10.0, 10.0).sample() + 0.5)
-    return rolled
+    return torch.roll(waveform, shifts=shift, dims=-1)
 
 
 class FbankTransform:
     """Waveform [1, N] (mono, ``sample_rate``) -> normalised fbank float [1, target_length, num_mel_bins].
 
-    Steps, in AudioMAE's order: (train, ``roll``) ``roll_waveform``; ``kaldi_fbank``; ``pad_or_crop`` to
+    Steps, in AudioMAE's order: (train, ``time_shift``) ``time_shift_waveform``; (train, ``gain``)
+    ``random_gain``; ``kaldi_fbank``; ``pad_or_crop`` to
     ``target_length``; (train) frequency masking of up to ``freqm`` mel bins and time masking of up to
     ``timem`` frames (``torchaudio.transforms.FrequencyMasking/TimeMasking``, masked values set to 0
     before normalising, as AudioMAE does; 0 disables each); ``normalize_fbank`` with ``mean``/``std``.
     Augmentations draw from torch's global RNG (DataLoader seeds it per worker) and only act when
     ``train`` is True.
 
-    AudioMAE's AudioSet defaults: ``target_length=1024`` (10 s), ``freqm=48``, ``timem=192``.
+    AudioMAE on AudioSet: ``target_length=1024`` (10 s); pretraining ``freqm=0``, ``timem=0``, ``gain=True``
+    (AS-2M script); fine-tuning ``freqm=48``, ``timem=192``.
     """
 
     def __init__(
@@ -242,8 +258,8 @@ class FbankTransform:
         train: bool = False,
         freqm: int = 0,
         timem: int = 0,
-        roll: bool = False,
-        roll_gain: bool = True,
+        gain: bool = False,
+        time_shift: bool = False,
         mean: float = AUDIOSET_MEAN,
         std: float = AUDIOSET_STD,
         num_mel_bins: int = NUM_MEL_BINS,
@@ -255,15 +271,17 @@ class FbankTransform:
                 f"{timem}, {std}"
             )
         self.target_length, self.train = target_length, train
-        self.freqm, self.timem, self.roll, self.roll_gain = freqm, timem, roll, roll_gain
+        self.freqm, self.timem, self.gain, self.time_shift = freqm, timem, gain, time_shift
         self.mean, self.std = mean, std
         self.num_mel_bins, self.sample_rate = num_mel_bins, sample_rate
         self.frequency_masking = torchaudio.transforms.FrequencyMasking(freqm) if freqm else None
         self.time_masking = torchaudio.transforms.TimeMasking(timem) if timem else None
 
     def __call__(self, waveform: torch.Tensor) -> torch.Tensor:
-        if self.train and self.roll:
-            waveform = roll_waveform(waveform, self.roll_gain)
+        if self.train and self.time_shift:
+            waveform = time_shift_waveform(waveform)
+        if self.train and self.gain:
+            waveform = random_gain(waveform)
         fbank = kaldi_fbank(waveform, self.sample_rate, self.num_mel_bins)  # [frames, mel]
         fbank = pad_or_crop(fbank, self.target_length)  # [L, mel]
         if self.train and (self.frequency_masking or self.time_masking):
@@ -278,7 +296,8 @@ class FbankTransform:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(target_length={self.target_length}, train={self.train}, "
-            f"freqm={self.freqm}, timem={self.timem}, roll={self.roll}, mean={self.mean}, std={self.std})"
+            f"freqm={self.freqm}, timem={self.timem}, gain={self.gain}, time_shift={self.time_shift}, "
+            f"mean={self.mean}, std={self.std})"
         )
 
 
@@ -482,9 +501,10 @@ class AudioDataset(SkipBadSamples, Dataset):
         class_index: str | Path | ClassIndex | None = None,
         train: bool = True,
         target_length: int = 1024,
-        freqm: int = 48,
-        timem: int = 192,
-        roll: bool = True,
+        freqm: int = 0,
+        timem: int = 0,
+        gain: bool = True,
+        time_shift: bool = False,
         norm_mean: float = AUDIOSET_MEAN,
         norm_std: float = AUDIOSET_STD,
         transform: FbankTransform | None = None,
@@ -519,7 +539,8 @@ class AudioDataset(SkipBadSamples, Dataset):
             raise ValueError("AudioDataset needs a manifest or a root folder")
         self.sample_rate = sample_rate
         self.transform = transform or FbankTransform(
-            target_length, train, freqm, timem, roll, mean=norm_mean, std=norm_std, sample_rate=sample_rate
+            target_length, train, freqm, timem, gain, time_shift, mean=norm_mean, std=norm_std,
+            sample_rate=sample_rate,
         )
         self._init_skipping(max_retries)
 

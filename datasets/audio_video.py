@@ -264,8 +264,8 @@ class AudioVideoPipeline:
     The folder/CSV dataset and the shard reader both call it. Clip arguments are ``load_av_clip``'s;
     video augmentation is ``mae_video_transform`` in training (one crop and flip for all frames) and
     ``video_eval_transform`` otherwise; audio features are ``FbankTransform`` (``freqm``/``timem``/
-    ``roll`` only in training; ``roll`` is off by default because shifting the audio breaks its alignment
-    with the frames). ``frames_fps`` is the frame rate of videos given as folders of frames.
+    ``gain`` only in training; no time shift, which would break the audio's alignment with the frames).
+    ``frames_fps`` is the frame rate of videos given as folders of frames.
     """
 
     def __init__(
@@ -281,7 +281,7 @@ class AudioVideoPipeline:
         target_length: int | None = None,
         freqm: int = 0,
         timem: int = 0,
-        roll: bool = False,
+        gain: bool = True,
         norm_mean: float = AUDIOSET_MEAN,
         norm_std: float = AUDIOSET_STD,
         missing_audio: MissingAudio = "skip",
@@ -325,7 +325,7 @@ class AudioVideoPipeline:
             )
         self.video_transform = video_transform
         self.fbank_transform = fbank_transform or FbankTransform(
-            target_length, train, freqm, timem, roll, mean=norm_mean, std=norm_std, sample_rate=sample_rate
+            target_length, train, freqm, timem, gain, mean=norm_mean, std=norm_std, sample_rate=sample_rate
         )
 
     def load(

@@ -580,7 +580,8 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
     Relative manifest paths resolve against ``root`` when given, else the manifest's folder.
 
     Batches: ``{"fbank": [B, 1, target_length, 128], "label": [B, num_classes] float multi-hot,
-    "key": list[str]}``. Training applies ``roll`` and SpecAugment (``freqm``/``timem``); validation none.
+    "key": list[str]}``. Training applies ``gain``, ``time_shift`` and SpecAugment (``freqm``/``timem``);
+    validation none.
 
     With ``shards`` (``unveil shards make audio``) training reads them instead of the manifest/folder, and
     the classes are the shard index's; ``val_shards`` likewise replaces the validation source.
@@ -593,8 +594,11 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         root: dataset folder (folder layout), and the base of relative manifest paths.
         train_split, val_split: sub-folders of ``root`` (folder layout); ``val_split: null`` disables it.
         target_length: fbank frames per clip (100 per second: 1024 for AudioSet's 10 s).
-        freqm, timem: maximum widths of the frequency and time masks (AudioMAE, AudioSet: 48, 192).
-        roll: random circular shift (and gain) of the waveform in training.
+        freqm, timem: maximum widths of the frequency and time masks in training (0 disables; AudioMAE
+            pretrains with 0, fine-tunes on AudioSet with 48, 192).
+        gain: AudioMAE's ``--roll_mag_aug`` in training, a random gain (``random_gain``; its roll never
+            shifts); on, as in AudioMAE's AS-2M pretraining.
+        time_shift: a random circular shift of the waveform in training (``time_shift_waveform``; ours).
         norm_mean, norm_std: fbank statistics of the dataset (AudioSet's by default).
         batch_size: clips per training batch (per device).
         num_workers: DataLoader worker processes (0 loads in the main process).
@@ -623,9 +627,10 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         train_split: str = "train",
         val_split: str | None = "val",
         target_length: int = 1024,
-        freqm: int = 48,
-        timem: int = 192,
-        roll: bool = True,
+        freqm: int = 0,
+        timem: int = 0,
+        gain: bool = True,
+        time_shift: bool = False,
         norm_mean: float = AUDIOSET_MEAN,
         norm_std: float = AUDIOSET_STD,
         batch_size: int = 32,
@@ -677,7 +682,8 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         )
         self.manifest, self.class_index, self.val_manifest = manifest, class_index, val_manifest
         self.root, self.train_split, self.val_split = root, train_split, val_split
-        self.target_length, self.freqm, self.timem, self.roll = target_length, freqm, timem, roll
+        self.target_length, self.freqm, self.timem = target_length, freqm, timem
+        self.gain, self.time_shift = gain, time_shift
         self.norm_mean, self.norm_std = norm_mean, norm_std
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
@@ -694,7 +700,8 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             target_length=self.target_length,
             freqm=self.freqm,
             timem=self.timem,
-            roll=self.roll,
+            gain=self.gain,
+            time_shift=self.time_shift,
             norm_mean=self.norm_mean,
             norm_std=self.norm_std,
         )
@@ -731,7 +738,8 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             train,
             self.freqm,
             self.timem,
-            self.roll,
+            self.gain,
+            self.time_shift,
             mean=self.norm_mean,
             std=self.norm_std,
         )
@@ -777,8 +785,10 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         input_size: side of the square video crops.
         crop_scale, hflip: video RandomResizedCrop area range and flip probability (one draw per clip).
         target_length: fbank frames per clip; default ``round(duration * 100)``.
-        freqm, timem: SpecAugment mask widths in training (0 disables).
-        roll: circular shift of the audio in training; off by default, as it breaks the alignment.
+        freqm, timem: SpecAugment mask widths in training (0 disables; AudioMAE pretrains with 0).
+        gain: AudioMAE's ``--roll_mag_aug`` in training, a random gain of the audio (its roll never shifts,
+            so it keeps the alignment with the frames); on, as in AudioMAE's AS-2M pretraining. There is no
+            time shift here: it would break the alignment.
         norm_mean, norm_std: fbank statistics (AudioSet's by default).
         missing_audio: ``skip`` or ``zeros`` (zero fbank and ``audio_missing=True``) for clips without
             an audio track or with a silent one.
@@ -819,7 +829,7 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         target_length: int | None = None,
         freqm: int = 0,
         timem: int = 0,
-        roll: bool = False,
+        gain: bool = True,
         norm_mean: float = AUDIOSET_MEAN,
         norm_std: float = AUDIOSET_STD,
         missing_audio: str = "skip",
@@ -900,7 +910,7 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         self.train_split, self.val_split = train_split, val_split
         self.duration, self.video_fps, self.num_frames, self.stride = duration, video_fps, num_frames, stride
         self.input_size, self.crop_scale, self.hflip = input_size, tuple(crop_scale), hflip
-        self.target_length, self.freqm, self.timem, self.roll = target_length, freqm, timem, roll
+        self.target_length, self.freqm, self.timem, self.gain = target_length, freqm, timem, gain
         self.norm_mean, self.norm_std = norm_mean, norm_std
         self.missing_audio, self.silence_threshold = missing_audio, silence_threshold
         self.audio_from, self.allow_short = audio_from, allow_short
@@ -923,7 +933,7 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             target_length=self.target_length,
             freqm=self.freqm,
             timem=self.timem,
-            roll=self.roll,
+            gain=self.gain,
             norm_mean=self.norm_mean,
             norm_std=self.norm_std,
             missing_audio=self.missing_audio,

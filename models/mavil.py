@@ -277,7 +277,8 @@ class MAViL(nn.Module):
         patch_size: patch side, for audio patches and video tubelets.
         tubelet_frames: frames per video tubelet.
         embed_dim, depth, num_heads, mlp_ratio: each encoder (ViT-S/B/L: the factories).
-        fusion_depth: transformer blocks over the concatenated audio and video tokens.
+        fusion_depth: transformer blocks over the concatenated audio and video tokens (MAViL pretrains "a
+            2-layer Transformer"; its released, fine-tuned model has 3).
         decoder_embed_dim, decoder_depth, decoder_num_heads: each of the two decoders.
         projection_dim: width of the clip embeddings of the contrastive terms (linear heads).
         audio_mask_ratio, video_mask_ratio: share of hidden patches when masks are drawn at random.
@@ -297,7 +298,7 @@ class MAViL(nn.Module):
         depth: int = 12,
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
-        fusion_depth: int = 3,
+        fusion_depth: int = 2,
         decoder_embed_dim: int = 512,
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,

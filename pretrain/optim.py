@@ -1,6 +1,12 @@
 """Optimiser pieces shared by the pretraining modules: the linear learning-rate scaling rule, AdamW parameter
 groups without weight decay on norms, biases and position embeddings, and a per-step warmup + cosine schedule.
 
+The scaling rule is ``lr = base_lr × effective batch / base_batch_size``. ``base_batch_size`` is 256 for a
+learning rate given per 256 samples (MAE's and AudioMAE's ``blr``); a paper table that states an absolute
+learning rate at its own global batch (Hiera's Tables 11 and 14) is written as ``base_lr`` = that rate and
+``base_batch_size`` = that batch, so the optimiser gets exactly the table's rate at the table's batch and a
+linearly scaled one at any other.
+
 The schedule is timm's ``CosineLRScheduler`` driven per optimiser step (``step_update``), so a LightningModule
 using it overrides ``lr_scheduler_step`` (see ``MAEPretrainModule``).
 """
@@ -16,7 +22,8 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 REFERENCE_BATCH_SIZE = 256
-"""MAE's linear scaling rule: ``lr = base_lr * effective_batch_size / 256`` (He et al. 2022)."""
+"""The default ``base_batch_size``: MAE's linear scaling rule, ``lr = base_lr * effective_batch_size / 256``
+(He et al. 2022)."""
 
 
 def scaled_lr(base_lr: float, effective_batch_size: int, reference: int = REFERENCE_BATCH_SIZE) -> float:
@@ -122,7 +129,8 @@ def warmup_cosine_lr(step: int, lr: float, total_steps: int, warmup_steps: int, 
 
 class WarmupCosineAdamW:
     """The optimiser of a pretraining LightningModule (mixin): AdamW over ``self.model`` with the weight-decay
-    groups of ``self.no_decay_names``, the learning rate ``lr`` or ``base_lr × effective batch / 256``, and a
+    groups of ``self.no_decay_names``, the learning rate ``lr`` or ``base_lr × effective batch / base_batch_size``
+    (see the module docstring), and a
     per-step linear warmup (``warmup_steps``, or ``warmup_epochs`` of the training data) then cosine to
     ``min_lr``.
 
@@ -140,10 +148,14 @@ class WarmupCosineAdamW:
         warmup_epochs: float,
         warmup_steps: int | None,
         min_lr: float,
+        base_batch_size: int = REFERENCE_BATCH_SIZE,
     ) -> None:
         """Check and keep the settings (call from the module's constructor); sets ``self.model``."""
         if warmup_epochs < 0 or (warmup_steps is not None and warmup_steps < 0):
             raise ValueError("warmup_epochs and warmup_steps must be >= 0")
+        if base_batch_size <= 0:
+            raise ValueError(f"base_batch_size must be positive, got {base_batch_size}")
+        self.base_batch_size = base_batch_size
         self.model = model
         # Decided on the bare model: a strategy such as FSDP may wrap it and flatten its parameters into 1-D
         # shards before configure_optimizers runs.
@@ -154,10 +166,13 @@ class WarmupCosineAdamW:
         self.peak_lr: float | None = None
 
     def _per_device_batch_size(self) -> int:
-        """Samples per device per step: the datamodule's ``batch_size``.
+        """Samples per device per step: the datamodule's ``batch_size`` × its ``repeated_sampling`` (1 if it
+        has none).
 
-        For video with repeated sampling this counts decoded videos, not clips, as MAE-ST's scaling rule does
-        (facebookresearch/mae_st ``main_pretrain.py``: ``eff_batch_size = batch_size * accum_iter * world``).
+        With repeated sampling this counts clips, the samples the model sees, as Hiera's Table 11 counts its
+        batch of 512 (128 videos × 4). MAE-ST's ``main_pretrain.py`` counts videos instead
+        (``eff_batch_size = batch_size * accum_iter * world``, blr 1.6e-3 per 256 videos): the same rate, 8e-4
+        at 512 clips.
         """
         datamodule = getattr(self.trainer, "datamodule", None)
         size = getattr(datamodule, "batch_size", None)
@@ -170,7 +185,7 @@ class WarmupCosineAdamW:
                 "cannot find the per-device batch size (no datamodule.batch_size, no dataloader.batch_size); "
                 "set model.init_args.lr to an absolute learning rate"
             )
-        return int(size)
+        return int(size) * int(getattr(datamodule, "repeated_sampling", 1) or 1)
 
     def _steps_per_epoch(self) -> int:
         batches = self.trainer.num_training_batches
@@ -198,10 +213,10 @@ class WarmupCosineAdamW:
                 self._per_device_batch_size() * trainer.num_devices * trainer.num_nodes
                 * trainer.accumulate_grad_batches
             )
-            lr = scaled_lr(self.base_lr, self.effective_batch_size)
+            lr = scaled_lr(self.base_lr, self.effective_batch_size, self.base_batch_size)
             rank_zero_info(
                 f"{name}: lr = base_lr {self.base_lr:.3g} x effective batch {self.effective_batch_size} / "
-                f"{REFERENCE_BATCH_SIZE} = {lr:.3g}"
+                f"base_batch_size {self.base_batch_size} = {lr:.3g}"
             )
         self.peak_lr = lr
         if self.warmup_steps is not None:

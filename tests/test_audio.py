@@ -27,7 +27,7 @@ from unveil.datasets import (
     read_audio_manifest,
     read_class_index,
 )
-from unveil.datasets.audio import pad_or_crop, roll_waveform
+from unveil.datasets.audio import pad_or_crop, random_gain, time_shift_waveform
 from unveil.datasets.common import skip_reason
 from unveil.datasets.skips import BadSample
 
@@ -203,9 +203,9 @@ def test_audio_track_of_mp4_matches_the_wav_copy(av_root):
 # --------------------------------------------------------------------------------------- augmentation
 
 
-def test_specaugment_and_roll_change_the_input_only_in_training():
+def test_specaugment_gain_and_time_shift_change_the_input_only_in_training():
     waveform = torch.from_numpy(sine(600, 3.0) + sine(2200, 3.0, amplitude=0.2))[None]
-    eval_out = FbankTransform(300, train=False, freqm=48, timem=96, roll=True)(waveform)
+    eval_out = FbankTransform(300, train=False, freqm=48, timem=96, gain=True, time_shift=True)(waveform)
     assert torch.equal(eval_out, FbankTransform(300)(waveform))  # no augmentation in evaluation
 
     masked = FbankTransform(300, train=True, freqm=48, timem=96)(waveform)[0]
@@ -217,16 +217,34 @@ def test_specaugment_and_roll_change_the_input_only_in_training():
     masked_cols = (masked == fill).all(0).sum()  # mel bins masked whole (frequency mask)
     assert masked_rows <= 96 and masked_cols <= 48 and masked_rows + masked_cols > 0
 
-    rolled = FbankTransform(300, train=True, roll=True)(waveform)
-    assert not torch.equal(rolled, eval_out)
+    for option in ("gain", "time_shift"):
+        augmented = FbankTransform(300, train=True, **{option: True})(waveform)
+        assert not torch.equal(augmented, eval_out), option
 
 
-def test_roll_is_a_circular_shift_with_a_bounded_gain():
+def test_time_shift_is_circular_and_gain_is_bounded():
     waveform = torch.randn(1, 500)
-    rolled = roll_waveform(waveform, gain=False)
-    assert any(torch.equal(rolled, torch.roll(waveform, s, -1)) for s in range(500))
-    gains = [roll_waveform(waveform).abs().sum() / waveform.abs().sum() for _ in range(50)]
+    shifted = time_shift_waveform(waveform)
+    assert any(torch.equal(shifted, torch.roll(waveform, s, -1)) for s in range(500))
+    gains = [random_gain(waveform) / waveform for _ in range(50)]
+    assert all(torch.allclose(g, g[0, 0]) for g in gains)  # one gain per clip, no shift
+    gains = [g[0, 0].item() for g in gains]
     assert all(0.5 <= g <= 1.5 for g in gains) and np.std(gains) > 0.01
+
+
+def test_audio_defaults_are_audiomae_pretraining():
+    """AudioMAE's AS-2M pretraining (submit_pretrain_audioset2M.sh, main_pretrain.py): no SpecAugment
+    (--freqm/--timem default 0), --roll_mag_aug True, which acts only as a gain; the time shift is ours, off."""
+    import inspect
+
+    from unveil.datasets import AudioDataModule, AudioDataset, AudioVideoDataModule
+    from unveil.datasets.audio_video import AudioVideoPipeline
+
+    for cls in (AudioDataset, AudioDataModule, AudioVideoDataModule, AudioVideoPipeline):
+        defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+        assert (defaults["freqm"], defaults["timem"], defaults["gain"]) == (0, 0, True), cls.__name__
+        assert defaults.get("time_shift", False) is False, cls.__name__
+    assert "time_shift" not in inspect.signature(AudioVideoPipeline).parameters  # it would break the alignment
 
 
 # ------------------------------------------------------------------------------------------ manifests

@@ -484,11 +484,11 @@ def test_datamodules_build_from_yaml(av_root):
     parser.add_class_arguments(AudioVideoDataModule, "av")
     config = parser.parse_string(
         f"audio:\n  manifest: {av_root / 'train_audio.csv'}\n  class_index: {av_root / 'class_labels_indices.csv'}\n"
-        "  target_length: 400\n  freqm: 0\n  roll: false\n"
+        "  target_length: 400\n  freqm: 0\n  gain: false\n"
         f"av:\n  root: {av_root}\n  duration: 2.0\n  video_fps: null\n  num_frames: 4\n  stride: 4\n"
         "  missing_audio: zeros\n  crop_scale: [0.3, 1.0]\n"
     )
     built = parser.instantiate_classes(config)
-    assert built.audio.target_length == 400 and built.audio.roll is False and built.audio.num_classes == 3
+    assert built.audio.target_length == 400 and built.audio.gain is False and built.audio.num_classes == 3
     assert built.av.video_fps is None and built.av.stride == 4 and built.av.crop_scale == (0.3, 1.0)
     assert built.av.pipeline(train=False).target_length == 200
