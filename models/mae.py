@@ -92,8 +92,10 @@ class MaskedAutoencoderHiera(Hiera):
         Args:
             q_pool: pooling transitions in the encoder; 2 in the paper's MAE, which leaves a 14x14
                 final grid at 224, i.e. 16x16-pixel prediction patches.
-            mask_ratio: fraction of mask units dropped (paper: 0.6 images, 0.9 video).
-            decoder_embed_dim, decoder_depth, decoder_num_heads: the decoder (paper: 512, 8, 16).
+            mask_ratio: fraction of mask units dropped (Hiera Tables 14a and 11a: 0.6 images, 0.9 video).
+            decoder_embed_dim, decoder_depth, decoder_num_heads: the decoder. Hiera Table 14a (images): 8 blocks,
+                16 heads; Table 11a (video): 8 blocks, 8 heads. The width, 512, is the official code's default
+                (the tables do not give it). The defaults here are the image settings.
             norm_pix_loss: regress per-patch normalised pixels (paper and official code: on).
         Other arguments are :class:`~unveil.models.hiera.Hiera`'s.
         """
