@@ -1,0 +1,15 @@
+"""SAM 2 in unveil: the model on unveil's HieraDet trunk, and image / video predictors with the
+official ``sam2`` package's API (see README, "SAM 2")."""
+
+from .model import (  # noqa: F401
+    NO_OBJ_SCORE,
+    SAM2,
+    FrameOutput,
+    HeadsOutput,
+    SAM2Config,
+    TrackingConfig,
+    sam2_hiera_base_plus,
+    sam2_hiera_large,
+    sam2_hiera_small,
+    sam2_hiera_tiny,
+)
