@@ -279,6 +279,13 @@ class _ClassificationModule(pl.LightningModule):
 
     # ---- evaluation -------------------------------------------------------------------------------
 
+    def _targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """Class indices for single-label tasks (one-hot rows, as audio DataModules give them, become indices);
+        multi-hot float targets for multi-label ones."""
+        if self.multi_label:
+            return labels.float()
+        return labels.argmax(dim=-1) if labels.ndim == 2 else labels
+
     def _scores(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().sigmoid() if self.multi_label else logits.float().softmax(dim=-1)
 
@@ -289,7 +296,7 @@ class _ClassificationModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self.logits(batch)
-        labels = batch["label"]
+        labels = self._targets(batch["label"])
         self.log("val/loss", self._eval_loss(logits, labels), prog_bar=True, sync_dist=True,
                  batch_size=labels.shape[0])
         scores, labels = average_views(self._scores(logits), labels, batch.get("key"))
@@ -465,7 +472,7 @@ class FineTuneClassifier(_ClassificationModule):
 
     def _mix(self, batch: dict) -> tuple[dict, torch.Tensor]:
         """Mixup / CutMix of the inputs and targets of a training batch (timm ``Mixup``, batch mode)."""
-        labels = batch["label"]
+        labels = self._targets(batch["label"])
         inputs = {key: batch[key] for key in self.net.input_keys(batch)}
         if self.mixup_fn is None:
             return inputs, labels
@@ -582,7 +589,7 @@ class LinearProbe(_ClassificationModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self.logits(batch).float()
-        labels = batch["label"]
+        labels = self._targets(batch["label"])
         if self.multi_label:
             loss = F.binary_cross_entropy_with_logits(logits, labels.float())
         else:
