@@ -34,6 +34,7 @@ SKIP_REASONS: tuple[str, ...] = (
     "no_audio",  # a clip without an audio track where one is required
     "silent",  # a silent audio track where the policy says skip
     "shard_error",  # a whole shard could not be opened or read to its end
+    "no_annotations",  # a detection training image without one usable (non-crowd, non-empty) annotation
     "other",  # any reason not listed above (its real name is in the warning and the skip log)
 )
 """The reasons a sample can be skipped for; each one is a column of a ``SkipCounter``."""

@@ -33,6 +33,7 @@ SYNTH_KINDS = {
     "videos": "make_video_folder",
     "audio": "make_audio_folder",
     "audiovideo": "make_audio_video_folder",
+    "coco": "unveil.datasets.synth_coco:make_coco_folder",  # detection (issue 14): COCO instances JSON + JPEGs
 }
 
 
@@ -357,14 +358,20 @@ def list_recipes(out=None) -> None:
 
 def run_synth(argv: list[str]) -> None:
     """``unveil synth images|videos --out DIR [...]``: the dataset generators, their arguments as options."""
+    import importlib
+
     from jsonargparse import ArgumentError, ArgumentParser
     from unveil.datasets import synth
 
     parser = ArgumentParser(prog="unveil synth", description="Write a synthetic dataset in a real format.",
                             exit_on_error=False)
     subcommands = parser.add_subcommands(dest="kind")
+    def synth_function(name: str):  # "function" in unveil.datasets.synth, or "module:function"
+        module, _, function_name = name.rpartition(":")
+        return getattr(importlib.import_module(module) if module else synth, function_name)
+
     for kind, function_name in SYNTH_KINDS.items():
-        function = getattr(synth, function_name)
+        function = synth_function(function_name)
         sub = ArgumentParser(description=(function.__doc__ or "").strip().splitlines()[0], exit_on_error=False)
         sub.add_function_arguments(function, as_group=False)
         subcommands.add_subcommand(kind, sub, help=sub.description)
@@ -373,7 +380,7 @@ def run_synth(argv: list[str]) -> None:
     except ArgumentError as error:
         raise UsageError(condense_parser_error(str(error), argv=argv)) from None
     kind = config.kind
-    function = getattr(synth, SYNTH_KINDS[kind])
+    function = synth_function(SYNTH_KINDS[kind])
     try:
         out = function(**dict(config[kind]))
     except (ValueError, FileNotFoundError) as error:
@@ -389,6 +396,7 @@ USAGE = """usage: unveil {fit,validate,test,predict,recipes,synth,shards,export,
   unveil synth images --out DIR [--seed N ...]   write a synthetic image dataset (ImageNet layout)
   unveil synth videos --out DIR [--seed N ...]   write a synthetic video dataset (Kinetics layout)
   unveil synth audio|audiovideo --out DIR [...]  write synthetic audio (AudioSet style) or audio-video clips
+  unveil synth coco --out DIR [...]              write a synthetic detection dataset (COCO instances JSON)
   unveil shards make KIND --out DIR [...]        convert a folder/CSV source into WebDataset shards
   unveil shards info SHARDS                      list a shard set's index
   unveil export CKPT --format FORMAT --out PATH  write the backbone of a checkpoint (unveil, hiera, timm, sam2, ...)

@@ -1,0 +1,325 @@
+"""COCO instances (boxes, labels, polygon or RLE masks) and the large-scale-jitter augmentation.
+
+A detection sample is ``{"image": [3, H, W] float in [0, 1], "target": {...}, "key": file name}`` with
+``target``: ``boxes`` [N, 4] float XYXY in pixels, ``labels`` [N] int64 in 1..num_classes (0 is
+torchvision's background), ``masks`` [N, H, W] uint8, ``iscrowd`` [N], ``area`` [N] (COCO's segment
+area, for AP small/medium/large) and ``image_id``. Normalisation is the detector's
+(``GeneralizedRCNNTransform``), so the image stays in [0, 1]. A batch is the same dict with lists
+(images differ in size at evaluation).
+
+Crowd regions are handled as COCO does: training leaves them out of the targets (as detectron2's
+mapper does); evaluation keeps them with ``iscrowd=1``, which COCO's matching treats as "ignore".
+A training image with no usable annotation (none, or only crowd or empty ones) is skipped and counted
+under ``no_annotations`` (detectron2 drops such images at load time); an annotation that an augmentation
+empties (cropped away) is dropped, and the boxes are recomputed from the cropped masks (detectron2's
+``recompute_boxes``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
+from torchvision.transforms import v2
+from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, SkipBadSamples, plain_tensor
+from unveil.datasets.datamodules import _LoadersMixin, _require, _require_path, _ShardsMixin
+from unveil.datasets.skips import BadSample
+
+__all__ = [
+    "CocoDataModule",
+    "CocoInstances",
+    "annotations_to_target",
+    "detection_collate",
+    "lsj_transform",
+]
+
+NO_ANNOTATIONS = "no_annotations"
+
+
+def lsj_transform(
+    image_size: int = 1024, scale_range: tuple[float, float] = (0.1, 2.0), hflip: float = 0.5
+) -> v2.Compose:
+    """Large-scale jitter (ViTDet's ``coco_loader_lsj.py``): flip, resize so that the image fits
+    ``image_size`` times a random factor in ``scale_range`` (``ScaleJitter``, detectron2's
+    ResizeScale), a random ``image_size`` crop where larger, padding where smaller (detectron2's
+    FixedSizeCrop; here the padding may fall on either side), then drop emptied instances.
+
+    Takes and returns ``(tv_tensors.Image, {"boxes": BoundingBoxes, "masks": Mask, "labels", ...})``.
+    Padding is the ImageNet mean colour, which normalisation maps to 0 (detectron2 pads with 0 after
+    normalising).
+    """
+    fill = {tv_tensors.Image: tuple(IMAGENET_DEFAULT_MEAN), tv_tensors.Mask: 0, "others": 0}
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(hflip),
+            v2.ScaleJitter((image_size, image_size), scale_range=tuple(scale_range), antialias=True),
+            v2.RandomCrop(image_size, pad_if_needed=True, fill=fill),
+            _RecomputeBoxes(),
+            v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_instance_fields),
+        ]
+    )
+
+
+def _instance_fields(sample) -> tuple:
+    """The per-instance tensors that ``SanitizeBoundingBoxes`` must filter with the boxes (masks are
+    filtered by type already)."""
+    target = sample[1]
+    return tuple(target[key] for key in ("labels", "iscrowd", "area") if key in target)
+
+
+class _RecomputeBoxes(v2.Transform):
+    """Boxes from the (cropped) masks, so a cropped shape's box is tight; an emptied mask gives a zero box,
+    which ``SanitizeBoundingBoxes`` then drops."""
+
+    def forward(self, *inputs):
+        image, target = inputs if len(inputs) > 1 else inputs[0]
+        masks = target["masks"]
+        if masks.shape[0]:
+            boxes = masks_to_boxes(masks.as_subclass(torch.Tensor).bool())
+            boxes[:, 2:] += 1  # masks_to_boxes gives the last pixel's index; XYXY boxes end past it
+            empty = masks.flatten(1).sum(1) == 0
+            boxes[empty] = 0
+            target["boxes"] = tv_tensors.BoundingBoxes(
+                boxes, format="XYXY", canvas_size=tuple(masks.shape[-2:])
+            )
+        return image, target
+
+
+def annotations_to_target(
+    annotations: Sequence[dict],
+    height: int,
+    width: int,
+    category_to_label: dict[int, int],
+    keep_crowd: bool,
+) -> dict:
+    """COCO annotations of one image → a torchvision target (tv_tensors boxes and masks).
+
+    Boxes come from ``bbox`` (XYWH → XYXY, clipped to the image); annotations with an empty box are
+    dropped; crowd ones unless ``keep_crowd``. Masks are decoded from polygons or RLE with pycocotools.
+    """
+    from pycocotools import mask as mask_utils
+
+    boxes, labels, masks, crowd, area = [], [], [], [], []
+    for annotation in annotations:
+        is_crowd = int(annotation.get("iscrowd", 0))
+        if is_crowd and not keep_crowd:
+            continue
+        x, y, w, h = annotation["bbox"]
+        x0, y0 = max(0.0, x), max(0.0, y)
+        x1, y1 = min(float(width), x + w), min(float(height), y + h)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        segmentation = annotation.get("segmentation")
+        if isinstance(segmentation, list):  # polygons: one object may have several parts
+            if not segmentation:
+                continue
+            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        elif isinstance(segmentation, dict):  # RLE, compressed (str counts) or not (list counts)
+            rle = (
+                mask_utils.frPyObjects(segmentation, height, width)
+                if isinstance(segmentation["counts"], list)
+                else segmentation
+            )
+        else:
+            continue
+        boxes.append([x0, y0, x1, y1])
+        labels.append(category_to_label[annotation["category_id"]])
+        masks.append(mask_utils.decode(rle))
+        crowd.append(is_crowd)
+        area.append(float(annotation.get("area", w * h)))
+    return {
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(height, width)
+        ),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "masks": tv_tensors.Mask(
+            torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, height, width, dtype=torch.uint8)
+        ),
+        "iscrowd": torch.tensor(crowd, dtype=torch.int64),
+        "area": torch.tensor(area, dtype=torch.float32),
+    }
+
+
+class CocoInstances(SkipBadSamples, Dataset):
+    """A COCO instances JSON and its image folder, as detection samples (see the module docstring).
+
+    Args:
+        images: folder holding the images (``file_name`` is relative to it).
+        annotations: the instances JSON.
+        transform: ``(tv_tensors.Image, target) → (image, target)``, e.g. :func:`lsj_transform`; None
+            keeps the image as it is (evaluation: the detector resizes it).
+        train: training mode: crowd annotations left out, images without usable ones skipped.
+        max_retries: consecutive skipped images tolerated before giving up.
+    """
+
+    decode_errors = (OSError, BadSample)
+
+    def __init__(
+        self,
+        images: str | Path,
+        annotations: str | Path,
+        transform: Callable | None = None,
+        train: bool = True,
+        max_retries: int = 50,
+    ) -> None:
+        from pycocotools.coco import COCO
+
+        self.images = Path(images)
+        self.coco = _quiet_coco(COCO, annotations)
+        self.ids = sorted(self.coco.imgs)
+        category_ids = sorted(self.coco.cats)
+        self.category_to_label = {cid: i + 1 for i, cid in enumerate(category_ids)}
+        self.label_to_category = {i + 1: cid for i, cid in enumerate(category_ids)}
+        self.classes = [self.coco.cats[cid]["name"] for cid in category_ids]
+        self.transform = transform
+        self.train = train
+        self._init_skipping(max_retries)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _path_of(self, index: int) -> str:
+        return str(self.images / self.coco.imgs[self.ids[index]]["file_name"])
+
+    def _decode(self, index: int) -> tuple[Image.Image, dict]:
+        image_id = self.ids[index]
+        info = self.coco.imgs[image_id]
+        annotations = self.coco.imgToAnns.get(image_id, [])
+        target = annotations_to_target(
+            annotations, info["height"], info["width"], self.category_to_label, keep_crowd=not self.train
+        )
+        if self.train and not (target["iscrowd"] == 0).any():
+            raise BadSample(NO_ANNOTATIONS, f"image {image_id} has no usable (non-crowd, non-empty) annotation")
+        with Image.open(self._path_of(index)) as image:
+            image = image.convert("RGB")
+        if image.size != (info["width"], info["height"]):
+            raise BadSample(
+                "decode_error", f"image is {image.size[0]}x{image.size[1]}, the JSON says {info['width']}x{info['height']}"
+            )
+        target["image_id"] = image_id
+        return image, target
+
+    def _transform(self, decoded: tuple[Image.Image, dict], index: int) -> dict:
+        image, target = decoded
+        return make_sample(image, target, self.transform, self.coco.imgs[self.ids[index]]["file_name"])
+
+
+def make_sample(image: Image.Image, target: dict, transform: Callable | None, key: str) -> dict:
+    """PIL image + tv_tensors target → the detection sample dict of plain tensors."""
+    image = tv_tensors.Image(v2.functional.pil_to_tensor(image))
+    if transform is not None:
+        image, target = transform(image, target)
+    image = v2.functional.to_dtype(image, torch.float32, scale=True)
+    target = {k: plain_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
+    return {"image": plain_tensor(image), "target": target, "key": key}
+
+
+def detection_collate(samples: list[dict]) -> dict:
+    """Detection samples → ``{"image": list, "target": list, "key": list}`` (sizes may differ)."""
+    return {key: [sample[key] for sample in samples] for key in ("image", "target", "key")}
+
+
+def _quiet_coco(coco_class, annotations: str | Path):
+    """pycocotools' COCO, without its progress prints."""
+    import contextlib
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return coco_class(str(annotations))
+
+
+def read_categories(annotations: str | Path) -> list[str]:
+    """Category names of an instances JSON, in the order of their ids (label i+1 is names[i])."""
+    document = json.loads(Path(annotations).read_text())
+    return [c["name"] for c in sorted(document["categories"], key=lambda c: c["id"])]
+
+
+class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
+    """COCO-layout detection data: ``root/<split>/`` images and ``root/annotations/instances_<split>.json``
+    (COCO 2017: ``train_split: train2017``, ``val_split: val2017``; ``unveil synth coco``: train, val).
+
+    Training: LSJ at ``image_size`` (:func:`lsj_transform`), images without usable annotations skipped
+    and counted. Validation: the images as they are (the detector resizes the longest side to its
+    ``image_size`` and maps its predictions back), crowd regions kept for COCO's matching.
+    Batches: ``{"image": list of [3, H, W], "target": list of dicts, "key": list}``.
+
+    Args:
+        root: dataset folder.
+        image_size: LSJ output side (ViTDet: 1024).
+        scale_range: LSJ scale range (ViTDet: 0.1 to 2.0).
+        batch_size: training images per batch per device; val_batch_size: per validation batch.
+        num_workers, pin_memory: DataLoader settings.
+        max_skip_fraction, skip_log: see ``ImageDataModule``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 1024,
+        scale_range: tuple[float, float] = (0.1, 2.0),
+        hflip: float = 0.5,
+        batch_size: int = 2,
+        val_batch_size: int | None = None,
+        num_workers: int = 4,
+        train_split: str = "train",
+        val_split: str | None = "val",
+        pin_memory: bool = True,
+        max_skip_fraction: float | None = 0.1,
+        skip_log: str | None = None,
+        shuffle_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        hint = f" (run 'unveil synth coco --out {root}' to generate a dataset)"
+        _require_path(owner, "root", root, hint)
+        for split in (train_split, val_split):
+            if split is not None:
+                _require_path(owner, "split", Path(root) / split, "")
+                _require_path(owner, "annotations", self._annotations(root, split), "")
+        _require(owner, "image_size", image_size >= 32 and image_size % 32 == 0, "a multiple of 32", image_size)
+        _require(owner, "batch_size", batch_size >= 1, ">= 1", batch_size)
+        self.save_hyperparameters()
+        self._init_shards(owner, None, None, None, False, 0, shuffle_seed, max_skip_fraction, skip_log)
+        self.root, self.image_size, self.scale_range, self.hflip = root, image_size, tuple(scale_range), hflip
+        self.train_split, self.val_split = train_split, val_split
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.train_set: CocoInstances | None = None
+        self.val_set: CocoInstances | None = None
+
+    collate_fn = staticmethod(detection_collate)
+
+    @staticmethod
+    def _annotations(root: str | Path, split: str) -> Path:
+        return Path(root) / "annotations" / f"instances_{split}.json"
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set = CocoInstances(
+                Path(self.root) / self.train_split,
+                self._annotations(self.root, self.train_split),
+                lsj_transform(self.image_size, self.scale_range, self.hflip),
+                train=True,
+            )
+            self._limit_skips(self.train_set)
+        if self.val_set is None and self.val_split is not None:
+            self.val_set = CocoInstances(
+                Path(self.root) / self.val_split, self._annotations(self.root, self.val_split), None, train=False
+            )
+            self._limit_skips(self.val_set)
+
+    @property
+    def num_classes(self) -> int:
+        return len(read_categories(self._annotations(self.root, self.train_split)))
