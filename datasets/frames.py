@@ -85,7 +85,9 @@ class VideoFrames:
 
     def first_frame_from(self, seconds: float) -> int:
         """Index of the first frame shown at or after ``seconds`` (``num_frames`` when there is none)."""
-        return int(torch.searchsorted(self.times, torch.tensor(seconds - TIME_TOLERANCE, dtype=torch.float64)))
+        return int(
+            torch.searchsorted(self.times, torch.tensor(seconds - TIME_TOLERANCE, dtype=torch.float64))
+        )
 
     def read(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """The frames ``indices`` (any order, repeats allowed) as uint8 [len(indices), H, W, 3] RGB.
@@ -209,7 +211,9 @@ class PyAVVideo(VideoFrames):
         times = torch.tensor([(pts - origin) * time_base for pts in self.pts], dtype=torch.float64)
         end = float((max(ends) - origin) * time_base)
         if end <= float(times[-1]):  # packets without durations: give the last frame an average one
-            end = float(times[-1]) + (float(times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0)
+            end = float(times[-1]) + (
+                float(times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
+            )
         super().__init__(times, end)
 
     def _decode(self, indices: list[int], seek: bool) -> list[np.ndarray | None]:
@@ -241,13 +245,115 @@ class PyAVVideo(VideoFrames):
         return torch.from_numpy(np.stack(frames))
 
 
+# An mp4/mov (ISO base media file) starts with one of these boxes.
+_ISO_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
+
+
+def _boxes(data: bytes, start: int, end: int):
+    """The ISO boxes in ``data[start:end]``: ``(type, payload start, payload end)``."""
+    while start + 8 <= end:
+        size, kind = int.from_bytes(data[start : start + 4], "big"), data[start + 4 : start + 8]
+        header = 8
+        if size == 1:
+            size, header = int.from_bytes(data[start + 8 : start + 16], "big"), 16
+        elif size == 0:
+            size = end - start
+        if size < header or start + size > end:
+            raise ValueError(f"malformed box {kind!r}")
+        yield kind, start + header, start + size
+        start += size
+
+
+def _read_moov(source: str | bytes) -> bytes | None:
+    """The payload of an ISO file's ``moov`` box (skipping ``mdat`` without reading it), or None when
+    ``source`` is not an ISO file or has no ``moov``."""
+    stream = open(source, "rb") if isinstance(source, str) else io.BytesIO(source)  # noqa: SIM115
+    with stream:
+        first = True
+        while True:
+            header = stream.read(16)
+            if len(header) < 8:
+                return None
+            size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if first and kind not in _ISO_FIRST_BOXES:
+                return None
+            first = False
+            length = 8
+            if size == 1:
+                size, length = int.from_bytes(header[8:16], "big"), 16
+            if kind == b"moov":
+                stream.seek(length - len(header), io.SEEK_CUR)
+                payload = stream.read(size - length) if size else stream.read()
+                if size and len(payload) < size - length:
+                    raise ValueError("truncated moov box")
+                return payload
+            if size == 0 or size < length:
+                return None
+            stream.seek(size - len(header), io.SEEK_CUR)
+
+
+def _edit_list_duration(source: str | bytes) -> float | None:
+    """Seconds the first video track of an mp4/mov shows, by its edit list: the sum of its edits' durations
+    (empty edits, which delay the track, left out). None when the file is not ISO, or its video track has
+    no edit list. Reads only the box headers and the ``moov`` box: a fraction of a millisecond.
+
+    Raises ``ValueError`` for a malformed header."""
+    moov = _read_moov(source)
+    if moov is None:
+        return None
+    timescale, duration = None, None
+    for kind, start, end in _boxes(moov, 0, len(moov)):
+        if kind == b"mvhd":  # the movie time scale, in which edit durations are counted
+            offset = start + (20 if moov[start] == 1 else 12)
+            timescale = int.from_bytes(moov[offset : offset + 4], "big")
+        elif kind == b"trak" and duration is None:
+            handler, edits = None, None
+            for inner, inner_start, inner_end in _boxes(moov, start, end):
+                if inner == b"mdia":
+                    for leaf, leaf_start, _ in _boxes(moov, inner_start, inner_end):
+                        if leaf == b"hdlr":
+                            handler = moov[leaf_start + 8 : leaf_start + 12]
+                elif inner == b"edts":
+                    for leaf, leaf_start, leaf_end in _boxes(moov, inner_start, inner_end):
+                        if leaf == b"elst":
+                            edits = _edit_entries(moov[leaf_start:leaf_end])
+            if handler == b"vide":
+                if edits is None:
+                    return None
+                duration = sum(length for length, media_time in edits if media_time != -1)
+    if not duration:  # no video track, or edits of duration 0 (fragmented files: "all of it")
+        return None
+    if not timescale:
+        raise ValueError("no movie time scale")
+    return duration / timescale
+
+
+def _edit_entries(elst: bytes) -> list[tuple[int, int]]:
+    """``(segment duration, media time)`` of each entry of an ``elst`` payload (media time -1: empty)."""
+    version, count = elst[0], int.from_bytes(elst[4:8], "big")
+    width = 8 if version == 1 else 4
+    entry = 2 * width + 4
+    if 8 + count * entry > len(elst):
+        raise ValueError("truncated edit list")
+    return [
+        (
+            int.from_bytes(elst[at : at + width], "big"),
+            int.from_bytes(elst[at + width : at + 2 * width], "big", signed=True),
+        )
+        for at in range(8, 8 + count * entry, entry)
+    ]
+
+
 def _declared_duration(source: str | bytes) -> float | None:
-    """The video stream's duration (s) as the container declares it (edit lists applied), if it does."""
-    with av.open(_open_input(source)) as container:
-        stream = container.streams.video[0]
-        if stream.duration is None:
-            return None
-        return float(stream.duration * stream.time_base)
+    """How long the video stream is shown per its container, edit lists applied: read from the mp4/mov
+    header (``_edit_list_duration``), or, when that is malformed, as PyAV reports it. None for files
+    without edit lists (other containers carry none)."""
+    try:
+        return _edit_list_duration(source)
+    except ValueError:
+        with av.open(_open_input(source)) as container:
+            stream = container.streams.video[0]
+            return None if stream.duration is None else float(stream.duration * stream.time_base)
 
 
 def open_video(source: VideoSource, frames_fps: float = 30.0) -> VideoFrames:
@@ -259,9 +365,9 @@ def open_video(source: VideoSource, frames_fps: float = 30.0) -> VideoFrames:
         frames_fps: frame rate of frame folders (files carry their own).
 
     Returns a ``DecordVideo`` when decord's timeline agrees with the container's (its first frame at the
-    start of the stream, and, when the container declares the stream's duration, the same duration
-    within half a frame), else a ``PyAVVideo``: mp4 edit lists that hide frames (stream-copy cuts) make
-    decord count frames that are never shown.
+    start of the stream, and, for an mp4/mov with an edit list, the duration the edit list shows within
+    half a frame), else a ``PyAVVideo``: edit lists that hide frames (stream-copy cuts) make decord count
+    frames that are never shown. The check reads decord's index and the mp4 header, no pixels.
 
     Raises ``FileNotFoundError`` for a missing path, and the decoders' errors (``DECORDError``,
     ``av.FFmpegError``, ``RuntimeError``) for files that do not decode.

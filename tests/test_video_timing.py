@@ -155,13 +155,26 @@ def identity(video):
     return video
 
 
+def trim_end(source: Path, path: Path, keep: float) -> None:
+    """``source`` with its video edit list shortened to the first ``keep`` of its length: the frames past
+    it are hidden from the end, and decord's first timestamp is still 0."""
+    data = bytearray(source.read_bytes())
+    at = data.index(b"elst", data.index(b"vide"))  # the video track's edit list (version 0, one entry)
+    assert data[at + 4] == 0 and int.from_bytes(data[at + 8 : at + 12], "big") == 1
+    shown = int.from_bytes(data[at + 12 : at + 16], "big")
+    data[at + 12 : at + 16] = round(shown * keep).to_bytes(4, "big")
+    path.write_bytes(data)
+
+
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, Path]:
-    """``plain``: the source mp4; ``cut``: its stream-copy cut at 1.7 s (edit list)."""
+    """``plain``: the source mp4; ``cut``: its stream-copy cut at 1.7 s (edit list hiding the frames from
+    the keyframe at 1 s); ``trimmed``: the source with an edit list hiding its last second."""
     folder = tmp_path_factory.mktemp("timing")
     encode_source(folder / "plain.mp4")
     stream_copy_cut(folder / "plain.mp4", folder / "cut.mp4", CUT)
-    return {"plain": folder / "plain.mp4", "cut": folder / "cut.mp4"}
+    trim_end(folder / "plain.mp4", folder / "trimmed.mp4", 0.75)
+    return {name: folder / f"{name}.mp4" for name in ("plain", "cut", "trimmed")}
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +182,9 @@ def reference(clips) -> dict:
     return {name: pyav_frames(path) for name, path in clips.items()}
 
 
-def test_the_cut_clip_is_one_decord_misreads(clips, reference):
-    """The fixture is the real-world case: decord counts the hidden frames and starts before 0."""
+def test_the_edit_lists_are_ones_decord_misreads(clips, reference):
+    """The fixtures are the real-world cases: decord counts the hidden frames (and, in the cut clip, starts
+    before 0)."""
     times, shown = reference["cut"]
     first_shown = int(CUT * FPS)
     assert shown == list(range(first_shown, NUM_FRAMES))  # PyAV: from the cut on
@@ -179,8 +193,12 @@ def test_the_cut_clip_is_one_decord_misreads(clips, reference):
     assert len(reader) == NUM_FRAMES - FPS  # from the keyframe at 1 s: 21 frames more than are shown
     assert reader.get_frame_timestamp([0])[0, 0] == pytest.approx(-(float(CUT) - 1), abs=1e-3)
 
+    times, shown = reference["trimmed"]
+    assert shown == list(range(3 * FPS))  # PyAV: the first 3 s
+    assert len(decord.VideoReader(str(clips["trimmed"]), ctx=decord.cpu(0), num_threads=1)) > len(shown)
 
-@pytest.mark.parametrize("name", ["plain", "cut"])
+
+@pytest.mark.parametrize("name", ["plain", "cut", "trimmed"])
 @pytest.mark.parametrize("as_bytes", [False, True])
 def test_open_video_shows_what_pyav_shows(clips, reference, name, as_bytes):
     times, shown = reference[name]
