@@ -13,3 +13,7 @@ from .model import (  # noqa: F401
     sam2_hiera_small,
     sam2_hiera_tiny,
 )
+from .loading import TrunkLoadReport, load_trunk, sam2_from_trunk  # noqa: F401
+from .postprocess import fill_holes  # noqa: F401
+from .predictor import ImagePredictor  # noqa: F401
+from .video import VideoPredictor, VideoState  # noqa: F401
