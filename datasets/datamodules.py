@@ -427,6 +427,8 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         val_batch_size: videos per validation batch; defaults to ``batch_size``.
         require_full_window: skip (reason ``short_clip``) videos shorter than the clip window
             ``(num_frames - 1) * sampling_rate + 1`` instead of repeating their last frame.
+        frames_fps: frame rate of videos given as folders of frames (a class folder's sub-folder, or a
+            CSV row naming a folder); it turns manifest segments in seconds into frames.
         shards: train from WebDataset shards instead of the folder/CSV source: an index written by
             ``unveil shards make``, a folder holding one, a brace pattern of tars, or a list of these.
         val_shards: validate on shards (default: the folder/CSV validation source, if any).
@@ -461,6 +463,7 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         pin_memory: bool = True,
         val_batch_size: int | None = None,
         require_full_window: bool = False,
+        frames_fps: float = 30.0,
         shards: str | list[str] | None = None,
         val_shards: str | list[str] | None = None,
         epoch_samples: int | None = None,
@@ -498,6 +501,8 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             skip_log,
         )
         self.require_full_window = require_full_window
+        _require(owner, "frames_fps", frames_fps > 0, "> 0", frames_fps)
+        self.frames_fps = frames_fps
         self.root, self.csv_train, self.csv_val = root, csv_train, csv_val
         self.train_split, self.val_split = train_split, val_split
         self.input_size, self.num_frames, self.sampling_rate = input_size, num_frames, sampling_rate
@@ -520,6 +525,7 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             crop_scale=self.crop_scale,
             hflip=self.hflip,
             repeated_sampling=self.repeated_sampling if train else 1,
+            frames_fps=self.frames_fps,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -794,6 +800,7 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             an audio track or with a silent one.
         silence_threshold: peak amplitude at or below which a track counts as silent.
         audio_from: ``auto``, ``track`` or ``file`` (see ``AudioVideoDataset``).
+        frames_fps: frame rate of videos given as folders of frames (with a separate audio file).
         allow_short: keep videos shorter than the window (last frame repeated, audio zero-padded)
             instead of skipping them.
         batch_size, num_workers, pin_memory, val_batch_size: DataLoader settings.
@@ -836,6 +843,7 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         silence_threshold: float = 1e-4,
         audio_from: str = "auto",
         allow_short: bool = False,
+        frames_fps: float = 30.0,
         batch_size: int = 8,
         num_workers: int = 8,
         pin_memory: bool = True,
@@ -914,6 +922,8 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         self.norm_mean, self.norm_std = norm_mean, norm_std
         self.missing_audio, self.silence_threshold = missing_audio, silence_threshold
         self.audio_from, self.allow_short = audio_from, allow_short
+        _require(owner, "frames_fps", frames_fps > 0, "> 0", frames_fps)
+        self.frames_fps = frames_fps
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.train_set: AudioVideoDataset | None = None
@@ -939,6 +949,7 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             missing_audio=self.missing_audio,
             silence_threshold=self.silence_threshold,
             allow_short=self.allow_short,
+            frames_fps=self.frames_fps,
         )
 
     def _dataset(self, split: str, csv: str | None, train: bool, classes) -> AudioVideoDataset:
