@@ -1,8 +1,13 @@
-"""Data for supervised fine-tuning: the MAE / DeiT training augmentation of images (RandomResizedCrop, flip,
-RandAugment, random erasing) as a DataModule that is ``ImageDataModule`` with that training transform.
+"""Data for supervised fine-tuning.
 
-Validation is ``ImageDataModule``'s (resize to ``input_size / eval_crop_pct``, centre crop): the single
-centre crop the Hiera and MAE papers evaluate ImageNet with.
+- Images: the MAE / DeiT training augmentation (RandomResizedCrop, flip, RandAugment, random erasing) in
+  ``FineTuneImageDataModule``, an ``ImageDataModule`` with that training transform. Validation is
+  ``ImageDataModule``'s single centre crop, as the Hiera and MAE papers evaluate ImageNet.
+- Video: ``FineTuneVideoDataModule``, a ``VideoDataModule`` whose training clips also get RandAugment (one
+  draw per clip, applied to all its frames alike) and whose validation takes several views of each video:
+  ``temporal`` clips evenly spaced over it × ``spatial`` crops along its long side (MAE-ST / SlowFast
+  multi-view testing; Hiera evaluates K400 with 5 × 3). The views of one video are consecutive in a batch
+  under its ``key``; ``FineTuneClassifier`` averages their scores per video.
 """
 
 from __future__ import annotations
@@ -10,13 +15,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
-from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from unveil.datasets.datamodules import ImageDataModule
+from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, plain_tensor
+from unveil.datasets.datamodules import ImageDataModule, VideoDataModule
+from unveil.datasets.frames import open_video
 from unveil.datasets.image import ImageFolderDataset
 from unveil.datasets.shards import ImageShardDecoder
+from unveil.datasets.video import VideoDataset, clip_indices
 
-__all__ = ["FineTuneImageDataModule", "finetune_image_transform"]
+__all__ = [
+    "FineTuneImageDataModule",
+    "FineTuneVideoDataModule",
+    "MultiViewVideoDataset",
+    "finetune_image_transform",
+    "finetune_video_transform",
+]
 
 
 def finetune_image_transform(
@@ -91,3 +105,133 @@ class FineTuneImageDataModule(ImageDataModule):
 
     def _shard_decoder(self, train: bool) -> ImageShardDecoder:
         return ImageShardDecoder(self.train_transform()) if train else super()._shard_decoder(train)
+
+
+# ---------------------------------------------------------------------------------------------------- video
+
+
+def finetune_video_transform(
+    input_size: int = 224,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    hflip: float = 0.5,
+    rand_augment: tuple[int, int] | None = (2, 7),
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> v2.Compose:
+    """``tv_tensors.Video`` uint8 [T, 3, H, W] → float [T, 3, S, S]: RandomResizedCrop, flip and torchvision's
+    ``RandAugment(num_ops, magnitude)`` = ``rand_augment``, each drawn once per clip and applied to every frame
+    (torchvision v2 treats a Video as one sample), then normalise. MAE-ST fine-tunes with timm's
+    ``rand-m7-mstd0.5-inc1`` (2 ops, magnitude 7; torchvision has no magnitude noise)."""
+    steps: list = [
+        v2.RandomResizedCrop(input_size, scale=crop_scale, interpolation=InterpolationMode.BILINEAR, antialias=True),
+        v2.RandomHorizontalFlip(hflip),
+    ]
+    if rand_augment:
+        num_ops, magnitude = rand_augment
+        steps.append(v2.RandAugment(num_ops=num_ops, magnitude=magnitude))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose(steps)
+
+
+def _spread(slack: int, count: int) -> list[int]:
+    """``count`` offsets evenly spread over ``[0, slack]`` (the middle one for a single view)."""
+    if count == 1:
+        return [slack // 2]
+    return [round(slack * i / (count - 1)) for i in range(count)]
+
+
+class MultiViewVideoDataset(VideoDataset):
+    """Evaluation clips of ``VideoDataset``, several views per video: ``temporal`` windows with evenly spaced
+    starts over the video (or its manifest segment) × ``spatial`` square crops evenly spaced along the long side
+    after resizing the short side to ``input_size``.
+
+    A sample is ``{"video": float [V, 3, T, S, S], "label", "key"}`` with V = temporal × spatial (temporal
+    major); ``repeated_collate`` makes the V views consecutive rows of a batch, each with the video's key.
+    """
+
+    def __init__(self, *args, temporal: int = 1, spatial: int = 1, **kwargs) -> None:
+        if temporal < 1 or spatial < 1:
+            raise ValueError(f"views must be >= 1, got temporal={temporal}, spatial={spatial}")
+        kwargs["train"] = False
+        self.temporal, self.spatial = temporal, spatial
+        self.input_size = kwargs.get("input_size", 224)
+        mean, std = kwargs.get("mean", IMAGENET_DEFAULT_MEAN), kwargs.get("std", IMAGENET_DEFAULT_STD)
+        super().__init__(*args, **kwargs)
+        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+    def _decode(self, index: int) -> torch.Tensor:
+        """uint8 [temporal, T, H, W, 3]: windows with evenly spread starts."""
+        record = self.records[index]
+        video = open_video(record.path, self.frames_fps)
+        start, end = 0, len(video)
+        if record.start is not None:
+            start = video.frame_at(record.start)
+            end = min(end, video.first_frame_from(record.end)) if record.end is not None else end
+        span = (self.num_frames - 1) * self.sampling_rate + 1
+        clips = torch.stack(
+            [
+                clip_indices(
+                    len(video), self.num_frames, self.sampling_rate, False, start + offset,
+                    min(end, start + offset + span),  # a segment of exactly one window: it starts there
+                )
+                for offset in _spread(max(end - start - span, 0), self.temporal)
+            ]
+        )  # [temporal, T]
+        return video.read(clips.flatten()).unflatten(0, clips.shape)
+
+    def _transform(self, clips: torch.Tensor, index: int) -> dict:
+        record = self.records[index]
+        size = self.input_size
+        views = []
+        for clip in clips:  # [T, H, W, 3]
+            frames = v2.functional.resize(
+                tv_tensors.Video(clip.permute(0, 3, 1, 2)), size, interpolation=InterpolationMode.BILINEAR,
+                antialias=True,
+            )  # [T, 3, h, w], short side = size
+            height, width = frames.shape[-2:]
+            for offset in _spread(max(height, width) - size, self.spatial):
+                top, left = (offset, (width - size) // 2) if height > width else ((height - size) // 2, offset)
+                crop = frames[..., top : top + size, left : left + size]
+                views.append(plain_tensor(self.normalize(crop)).permute(1, 0, 2, 3))  # [3, T, S, S]
+        return {"video": torch.stack(views), "label": torch.tensor(record.label, dtype=torch.int64), "key": record.key}
+
+
+class FineTuneVideoDataModule(VideoDataModule):
+    """``VideoDataModule`` for fine-tuning: RandAugment on the training clips (:func:`finetune_video_transform`)
+    and multi-view validation (:class:`MultiViewVideoDataset`).
+
+    Args (besides ``VideoDataModule``'s; ``crop_scale`` defaults to MAE-ST fine-tuning's (0.08, 1.0)):
+        rand_augment: ``[num_ops, magnitude]`` of torchvision's RandAugment, or null for none.
+        val_views: ``[temporal, spatial]`` views per validation video (Hiera's K400 protocol: [5, 3]);
+            ``val_batch_size`` counts videos, so a batch holds ``val_batch_size × temporal × spatial`` clips.
+    """
+
+    def __init__(
+        self,
+        *args,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        rand_augment: tuple[int, int] | None = (2, 7),
+        val_views: tuple[int, int] = (1, 1),
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, crop_scale=crop_scale, **kwargs)
+        if len(val_views) != 2 or min(val_views) < 1:
+            raise ValueError(f"{type(self).__name__}: val_views must be [temporal >= 1, spatial >= 1], got {val_views}")
+        self.rand_augment = tuple(rand_augment) if rand_augment else None
+        self.val_views = tuple(val_views)
+
+    def _dataset(self, split: str, csv: str | None, train: bool) -> VideoDataset:
+        if train:
+            dataset = super()._dataset(split, csv, train)
+            dataset.transform = self._dataset_transform(True)
+            return dataset
+        temporal, spatial = self.val_views
+        return MultiViewVideoDataset(
+            self.root, split, csv, self.num_frames, self.sampling_rate, input_size=self.input_size,
+            frames_fps=getattr(self, "frames_fps", 30.0), temporal=temporal, spatial=spatial,
+        )
+
+    def _dataset_transform(self, train: bool):
+        if train:
+            return finetune_video_transform(self.input_size, self.crop_scale, self.hflip, self.rand_augment)
+        return super()._dataset_transform(train)
