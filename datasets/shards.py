@@ -343,7 +343,10 @@ def _encode_image(item: ShardItem, options: EncodeOptions) -> dict[str, bytes]:
 
 def reencode_video(data: bytes, short_side: int, crf: int = 23) -> tuple[bytes, float, int]:
     """Re-encode a video's bytes as an H.264 MP4 whose shorter side is at most ``short_side`` (even sizes,
-    aspect kept, constant frame rate), copying its audio track. Returns ``(mp4 bytes, fps, frames)``."""
+    aspect kept, constant frame rate), copying its audio track. Returns ``(mp4 bytes, fps, frames)``.
+
+    The frames are those PyAV shows (edit lists honoured), and the video keeps its start time on the
+    source's clock (to the nearest frame), so a video that starts after its audio stays in step with it."""
     source = av.open(io.BytesIO(data))
     output_buffer = io.BytesIO()
     try:
@@ -360,7 +363,7 @@ def reencode_video(data: bytes, short_side: int, crf: int = 23) -> tuple[bytes, 
             video_out.width, video_out.height, video_out.pix_fmt = out_width, out_height, "yuv420p"
             video_out.options = {"crf": str(crf), "preset": "veryfast"} if video_out.name == "libx264" else {}
             audio_out = output.add_stream_from_template(audio_in) if audio_in is not None else None
-            frames = 0
+            frames, first = 0, None
             streams = [video_in] + ([audio_in] if audio_in is not None else [])
             for packet in source.demux(*streams):
                 if packet.stream.type == "audio":
@@ -369,9 +372,11 @@ def reencode_video(data: bytes, short_side: int, crf: int = 23) -> tuple[bytes, 
                         output.mux(packet)
                     continue
                 for frame in packet.decode():
+                    if first is None:  # where the video starts on the source's clock, in frames
+                        first = max(0, round((frame.time or 0.0) * fps))
                     frame = frame.reformat(width=out_width, height=out_height, format="yuv420p")
-                    # Constant frame rate: frame i is shown at i / fps.
-                    frame.pts, frame.time_base = frames, 1 / fps
+                    # Constant frame rate: frame i is shown at (first + i) / fps.
+                    frame.pts, frame.time_base = first + frames, 1 / fps
                     output.mux(video_out.encode(frame))
                     frames += 1
             output.mux(video_out.encode())

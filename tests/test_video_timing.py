@@ -28,8 +28,9 @@ from unveil.datasets import (
     make_shards,
     open_video,
 )
+from unveil.datasets.audio import read_audio
 from unveil.datasets.frames import DecordVideo, PyAVVideo
-from unveil.datasets.shards import AudioVideoShardDecoder, VideoShardDecoder
+from unveil.datasets.shards import AudioVideoShardDecoder, VideoShardDecoder, reencode_video
 from unveil.datasets.synth import video_codec
 
 FPS, NUM_FRAMES, HEIGHT, WIDTH = 30, 120, 32, 64  # 4 s source
@@ -119,6 +120,20 @@ def stream_copy_cut(source: Path, path: Path, cut: Fraction) -> None:
             out.mux(packet)
 
 
+def delay_video(source: Path, path: Path, seconds: Fraction) -> None:
+    """``source`` remuxed with its video starting ``seconds`` after its audio (an empty edit)."""
+    with av.open(str(source)) as container, av.open(str(path), "w", format="mp4") as out:
+        streams = {stream.index: out.add_stream_from_template(stream) for stream in container.streams}
+        for packet in container.demux():
+            if packet.dts is None:
+                continue
+            if packet.stream.type == "video":
+                shift = int(seconds / packet.time_base)
+                packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+
+
 def pyav_frames(path) -> tuple[list[float], list[int]]:
     """What PyAV shows: each decoded frame's time (s from the stream's start) and barcode."""
     with av.open(str(path)) as container:
@@ -169,12 +184,14 @@ def trim_end(source: Path, path: Path, keep: float) -> None:
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, Path]:
     """``plain``: the source mp4; ``cut``: its stream-copy cut at 1.7 s (edit list hiding the frames from
-    the keyframe at 1 s); ``trimmed``: the source with an edit list hiding its last second."""
+    the keyframe at 1 s); ``trimmed``: the source with an edit list hiding its last second; ``delayed``:
+    the video starts 0.5 s after the audio."""
     folder = tmp_path_factory.mktemp("timing")
     encode_source(folder / "plain.mp4")
     stream_copy_cut(folder / "plain.mp4", folder / "cut.mp4", CUT)
     trim_end(folder / "plain.mp4", folder / "trimmed.mp4", 0.75)
-    return {name: folder / f"{name}.mp4" for name in ("plain", "cut", "trimmed")}
+    delay_video(folder / "plain.mp4", folder / "delayed.mp4", Fraction(1, 2))
+    return {name: folder / f"{name}.mp4" for name in ("plain", "cut", "trimmed", "delayed")}
 
 
 @pytest.fixture(scope="module")
@@ -198,12 +215,13 @@ def test_the_edit_lists_are_ones_decord_misreads(clips, reference):
     assert len(decord.VideoReader(str(clips["trimmed"]), ctx=decord.cpu(0), num_threads=1)) > len(shown)
 
 
-@pytest.mark.parametrize("name", ["plain", "cut", "trimmed"])
+@pytest.mark.parametrize("name", ["plain", "cut", "trimmed", "delayed"])
 @pytest.mark.parametrize("as_bytes", [False, True])
 def test_open_video_shows_what_pyav_shows(clips, reference, name, as_bytes):
     times, shown = reference[name]
     video = open_video(clips[name].read_bytes() if as_bytes else clips[name])
-    assert isinstance(video, DecordVideo if name == "plain" else PyAVVideo)  # normal files keep decord
+    # Files decord reads right keep it (an empty edit delays the whole track: decord's times are relative)
+    assert isinstance(video, PyAVVideo if name in ("cut", "trimmed") else DecordVideo)
     assert video.num_frames == len(shown)
     assert torch.allclose(video.times, torch.tensor(times, dtype=torch.float64), atol=1e-4)
     assert video.duration == pytest.approx(len(shown) / FPS, abs=1e-4)
@@ -404,3 +422,14 @@ def test_datamodules_pass_the_frame_rate_of_frame_folders(tmp_path):
     assert batch["video"].shape == (2, 3, 4, 32, 32) and batch["fbank"].shape == (2, 1, 100, 128)
     with pytest.raises(ValueError, match="frames_fps"):
         VideoDataModule(**common, frames_fps=0)
+
+
+@pytest.mark.parametrize("name", ["cut", "delayed"])
+def test_reencoding_for_shards_keeps_the_frames_and_the_audio_offset(clips, reference, name):
+    """``shards make --short-side`` re-encodes: the frames PyAV shows, and the audio's offset from the
+    first frame (0.028 s in the cut, -0.5 s in the delayed clip) kept to within half a frame."""
+    data, fps, count = reencode_video(clips[name].read_bytes(), short_side=32)
+    video = open_video(data)
+    assert count == video.num_frames == len(reference[name][1]) and fps == FPS
+    assert codes(video.read(range(count))) == reference[name][1]
+    assert read_audio(data).start == pytest.approx(read_audio(clips[name]).start, abs=0.5 / FPS)
