@@ -221,7 +221,7 @@ def load_av_clip(
         video = video.read()  # a file object: the video and its audio track are read from its bytes
     frames = open_video(video, frames_fps)
     length = frames.duration
-    if length + 1 / frames.fps < duration - _EPS and not allow_short:
+    if length + length / frames.num_frames < duration - _EPS and not allow_short:  # one frame of slack
         raise BadSample("short_clip", f"the video lasts {length:.3f} s, the window {duration:.3f} s")
 
     # Audio first: a clip skipped for its audio costs no frame decoding.

@@ -8,7 +8,8 @@ with stream copy (``ffmpeg -ss S -c copy``, the way most AudioSet and VGGSound c
 frames from the keyframe before ``S``, and its edit list tells players to hide them. decord ignores the
 edit list: it counts the hidden frames, reports a longer video, gives them negative timestamps and maps
 frame indices to the wrong pictures. ``open_video`` therefore decodes a file with decord (fast seeking)
-only when decord's timeline agrees with the duration the container declares, and with PyAV otherwise.
+only when decord's timeline agrees with the container's (its first frame at the stream's start, and for
+an mp4 with an edit list, the duration the edit list shows), and with PyAV otherwise.
 
 Audio read by ``unveil.datasets.audio.read_audio`` from a video's track is on the same clock: its
 ``start`` is seconds from the start of the video stream.
@@ -196,8 +197,10 @@ class PyAVVideo(VideoFrames):
     def __init__(self, source: str | bytes) -> None:
         self.source = source
         with av.open(_open_input(source)) as container:
+            if not container.streams.video:
+                raise RuntimeError("the file has no video stream")
             stream = container.streams.video[0]
-            time_base = stream.time_base
+            time_base, rate = stream.time_base, stream.average_rate or stream.guessed_rate
             shown, ends = [], []
             for packet in container.demux(stream):
                 if packet.pts is None or packet.is_discard:
@@ -211,9 +214,10 @@ class PyAVVideo(VideoFrames):
         times = torch.tensor([(pts - origin) * time_base for pts in self.pts], dtype=torch.float64)
         end = float((max(ends) - origin) * time_base)
         if end <= float(times[-1]):  # packets without durations: give the last frame an average one
-            end = float(times[-1]) + (
-                float(times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
-            )
+            if len(times) > 1:
+                end = float(times[-1]) + float(times[-1] - times[0]) / (len(times) - 1)
+            else:
+                end = float(times[-1]) + (1 / float(rate) if rate else 1 / 30)
         super().__init__(times, end)
 
     def _decode(self, indices: list[int], seek: bool) -> list[np.ndarray | None]:
@@ -384,6 +388,8 @@ def open_video(source: VideoSource, frames_fps: float = 30.0) -> VideoFrames:
     else:
         source = source.read()  # a file object: decord and PyAV each need their own reader
     reader = decord.VideoReader(_open_input(source), ctx=decord.cpu(0), num_threads=1)
+    if len(reader) == 0:
+        raise RuntimeError("the video has no frames")
     stamps = reader.get_frame_timestamp(np.arange(len(reader))).astype(np.float64)  # [N, 2] seconds
     half_frame = 0.5 * (stamps[-1, 1] - stamps[0, 0]) / len(reader)
     declared = _declared_duration(source)
