@@ -232,7 +232,7 @@ def _make_cli_class():
             # sets neither trainer.logger nor trainer.callbacks: see unveil.launch.run_defaults.
             from unveil.launch.run_defaults import recipe_run_defaults
 
-            defaults = recipe_run_defaults(self.config_files[0]) if self.config_files else None
+            defaults = recipe_run_defaults(self.config_files[0], self.raw_args) if self.config_files else None
             if defaults:
                 parser.set_defaults({f"trainer.{key}": value for key, value in defaults.items()})
 

@@ -5,7 +5,8 @@ recipe itself holds only the science (model, data, optimiser, schedule, each val
 is derived from the recipe's file name ``NAME`` (``mae_hiera_b_in1k``, or ``my_run`` for a copy saved as
 ``my_run.yaml``), so a copied recipe writes to its own folder:
 
-- ``trainer.default_root_dir: runs/NAME`` (unless the recipe sets it; the other paths follow it);
+- ``trainer.default_root_dir: runs/NAME`` (unless the recipe or ``--trainer.default_root_dir`` on the command
+  line sets it; the other paths follow it);
 - ``trainer.logger``: W&B, project ``unveil``, group ``NAME``, tags from the name (``mae, hiera-b, in1k``),
   files in the run folder, ``resume: allow`` so a fixed ``id`` continues a run;
 - ``trainer.callbacks``: the best checkpoint by ``val/loss`` and ``last.ckpt`` (ModelCheckpoint), ``last.ckpt``
@@ -20,6 +21,7 @@ self-contained copy of a recipe, plumbing included: ``unveil fit --config NAME -
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +100,22 @@ def run_defaults(recipe: str | Path, default_root_dir: str | None = None) -> dic
     }
 
 
-def recipe_run_defaults(recipe: str | Path) -> dict[str, Any] | None:
-    """``run_defaults`` for a recipe file (one with a ``model``) that leaves both ``trainer.logger`` and ``trainer.callbacks`` out (the
-    run folder is the one it sets, if it does); None for any other recipe, or one that cannot be read or parsed
-    (the parser then reports it)."""
+def _command_line_root(argv: Sequence[str]) -> str | None:
+    """The last ``--trainer.default_root_dir`` given on the command line, if any."""
+    root = None
+    for i, arg in enumerate(argv):
+        if arg == "--trainer.default_root_dir" and i + 1 < len(argv):
+            root = argv[i + 1]
+        elif arg.startswith("--trainer.default_root_dir="):
+            root = arg.split("=", 1)[1]
+    return root or None
+
+
+def recipe_run_defaults(recipe: str | Path, argv: Sequence[str] = ()) -> dict[str, Any] | None:
+    """``run_defaults`` for a recipe file (one with a ``model``) that leaves both ``trainer.logger`` and
+    ``trainer.callbacks`` out; None for any other recipe, or one that cannot be read or parsed (the parser then
+    reports it). The run folder is ``--trainer.default_root_dir`` in ``argv`` (the command line), else the one
+    the recipe sets, else ``runs/<recipe name>``."""
     try:
         config = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
@@ -111,5 +125,5 @@ def recipe_run_defaults(recipe: str | Path) -> dict[str, Any] | None:
     trainer = config.get("trainer") or {}
     if not isinstance(trainer, dict) or "logger" in trainer or "callbacks" in trainer:
         return None
-    root = trainer.get("default_root_dir")
+    root = _command_line_root(argv) or trainer.get("default_root_dir")
     return run_defaults(recipe, str(root) if isinstance(root, str) and root else None)
