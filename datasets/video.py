@@ -147,7 +147,8 @@ def video_eval_transform(
 
 @dataclass(frozen=True)
 class VideoRecord:
-    """One video of a dataset: its file, label, optional segment in seconds, and its key."""
+    """One video of a dataset: its file (or folder of frames), label, optional segment in seconds, and
+    its key."""
 
     path: Path
     label: int
