@@ -130,7 +130,7 @@ class DetectionFineTune(L.LightningModule):
         layer_decay: float | None = None,
         warmup_steps: int = 250,
         warmup_factor: float = 0.001,
-        milestones: Sequence[float] = (0.889, 0.963),
+        milestones: Sequence[float] = (0.888889, 0.962963),
         gamma: float = 0.1,
         log_images_every_n_steps: int = 0,
         num_vis_images: int = 4,

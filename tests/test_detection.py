@@ -1,0 +1,353 @@
+"""Detection (issue 14): generated COCO data, the COCO reader and LSJ, the Hiera Mask R-CNN, trunk
+initialisation, the schedule, COCO AP against pycocotools, and SAM 2 trunk parity."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision import tv_tensors
+
+UNVEIL = Path(sys.executable).parent / "unveil"
+
+
+@pytest.fixture(scope="module")
+def coco_dir(tmp_path_factory) -> Path:
+    """A tiny generated COCO set, written through the `unveil synth coco` command."""
+    out = tmp_path_factory.mktemp("coco") / "shapes"
+    result = subprocess.run(
+        [str(UNVEIL), "synth", "coco", "--out", str(out), "--size", "64", "--train_images", "6",
+         "--val_images", "4", "--max_objects", "4"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def test_synth_coco_writes_coco_instances_with_polygons_and_rle(coco_dir):
+    from pycocotools.coco import COCO
+
+    for split, count in (("train", 6), ("val", 4)):
+        document = json.loads((coco_dir / "annotations" / f"instances_{split}.json").read_text())
+        assert len(document["images"]) == count
+        assert [c["name"] for c in document["categories"]][:3] == ["circle", "square", "triangle"]
+        assert all((coco_dir / split / image["file_name"]).is_file() for image in document["images"])
+    coco = COCO(str(coco_dir / "annotations" / "instances_train.json"))
+    kinds = {type(a["segmentation"]).__name__ for a in coco.anns.values()}
+    assert kinds == {"list", "dict"}, "both polygon and RLE masks"
+    for annotation in coco.anns.values():
+        mask = coco.annToMask(annotation)
+        x, y, w, h = annotation["bbox"]
+        ys, xs = np.nonzero(mask)
+        # the box is the mask's extent (PIL and pycocotools rasterise a polygon's edge a pixel or two apart)
+        assert abs(xs.min() - x) <= 2 and abs(ys.min() - y) <= 2
+        assert abs(xs.max() + 1 - (x + w)) <= 2 and abs(ys.max() + 1 - (y + h)) <= 2
+
+
+def _write_variant(coco_dir: Path, tmp_path: Path) -> Path:
+    """The training JSON plus an image without annotations and one with only a crowd region."""
+    document = json.loads((coco_dir / "annotations" / "instances_train.json").read_text())
+    first = document["images"][0]
+    next_id = max(i["id"] for i in document["images"]) + 1
+    document["images"] += [dict(first, id=next_id), dict(first, id=next_id + 1)]
+    crowd = copy.deepcopy(next(a for a in document["annotations"] if a["image_id"] == first["id"]))
+    crowd.update(id=10_000, image_id=next_id + 1, iscrowd=1)
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(np.ones((first["height"], first["width"]), np.uint8)))
+    crowd["segmentation"] = {"size": rle["size"], "counts": list(_uncompressed_counts(first["height"] * first["width"]))}
+    document["annotations"].append(crowd)
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _uncompressed_counts(pixels: int):
+    return [0, pixels]  # uncompressed RLE: zero background pixels, then all foreground
+
+
+def test_coco_reader_skips_images_without_usable_annotations_and_keeps_crowd_for_evaluation(coco_dir, tmp_path):
+    from unveil.datasets.coco import CocoInstances
+
+    annotations = _write_variant(coco_dir, tmp_path)
+    train = CocoInstances(coco_dir / "train", annotations, None, train=True)
+    last, crowd_only = len(train) - 2, len(train) - 1
+    sample = train[last]  # no annotations: skipped, the next image (crowd only) is skipped too, then image 0
+    assert sample["key"] == train[0]["key"]
+    assert train.skip_counter.counts() == {"no_annotations": 2}  # the two images, each skipped once
+    assert train[0]["target"]["masks"].dtype == torch.uint8
+    val = CocoInstances(coco_dir / "train", annotations, None, train=False)
+    target = val[crowd_only]["target"]
+    assert target["iscrowd"].tolist() == [1] and target["masks"].sum() == 64 * 64  # uncompressed RLE decoded
+    assert val[last]["target"]["boxes"].shape == (0, 4)  # evaluation keeps the image, with no objects
+
+
+def test_lsj_output_is_square_and_boxes_fit_their_masks(coco_dir):
+    from unveil.datasets.coco import CocoInstances, lsj_transform
+
+    dataset = CocoInstances(coco_dir / "train", coco_dir / "annotations" / "instances_train.json",
+                            lsj_transform(96, (0.3, 2.0)), train=True)
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        target = sample["target"]
+        assert sample["image"].shape == (3, 96, 96) and sample["image"].dtype == torch.float32
+        masks, boxes = target["masks"].bool(), target["boxes"]
+        assert masks.shape[0] == boxes.shape[0] == target["labels"].shape[0]
+        assert all(m.any() for m in masks), "emptied instances are dropped"
+        for mask, box in zip(masks, boxes):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+def test_lsj_drops_instances_the_crop_empties():
+    from unveil.datasets.coco import lsj_transform
+
+    image = tv_tensors.Image(torch.zeros(3, 200, 200, dtype=torch.uint8))
+    masks = torch.zeros(2, 200, 200, dtype=torch.uint8)
+    masks[0, 0:20, 0:20] = 1
+    masks[1, 180:200, 180:200] = 1
+    target = {
+        "boxes": tv_tensors.BoundingBoxes([[0, 0, 20, 20], [180, 180, 200, 200]], format="XYXY", canvas_size=(200, 200)),
+        "masks": tv_tensors.Mask(masks), "labels": torch.tensor([1, 2]),
+        "iscrowd": torch.tensor([0, 0]), "area": torch.tensor([400.0, 400.0]),
+    }
+    torch.manual_seed(0)
+    # scale 2 of a 200 px image fitted to 64 px: 128 px, cropped to 64: at most one corner survives
+    counts = set()
+    for _ in range(8):
+        _, out = lsj_transform(64, (2.0, 2.0), hflip=0.0)(image, copy.deepcopy(target))
+        assert out["labels"].shape[0] == out["masks"].shape[0] == out["area"].shape[0] <= 1
+        counts.add(out["labels"].shape[0])
+    assert counts == {0, 1}
+
+
+@pytest.mark.parametrize(
+    "execution,neck", [("windowed", "fpn"), pytest.param("maskunit", "simple", marks=pytest.mark.slow)]
+)
+def test_hiera_mask_rcnn_trains_and_predicts(execution, neck):
+    from unveil.models.detection import HieraMaskRCNN
+
+    model = HieraMaskRCNN(num_classes=3, size="tiny", execution=execution, neck=neck, image_size=64,
+                          out_channels=32, head_channels=16, box_fc_channels=32, box_batch_size_per_image=16,
+                          rpn_post_nms_top_n_train=50, rpn_post_nms_top_n_test=50)
+    maps = model.backbone(torch.zeros(1, 3, 64, 64))
+    assert [tuple(m.shape[-2:]) for m in maps.values()] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    assert {m.shape[1] for m in maps.values()} == {32}
+    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    masks[0, 8:40, 16:48] = 1
+    targets = [{"boxes": torch.tensor([[16.0, 8, 48, 40]]), "labels": torch.tensor([2]), "masks": masks}]
+    losses = model([torch.rand(3, 64, 64)], targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    sum(losses.values()).backward()
+    assert model.trunk.patch_embed.proj.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([torch.rand(3, 48, 80)])  # evaluation resizes the longest side to 64, maps back
+    assert out["masks"].shape[-2:] == (48, 80) and out["boxes"].shape[1] == 4
+
+
+def test_aligned_roi_align_is_torchvisions_with_the_half_pixel_offset():
+    from torchvision.ops import MultiScaleRoIAlign, roi_align
+
+    from unveil.models.detection import AlignedMultiScaleRoIAlign
+
+    features = {"0": torch.randn(1, 4, 32, 32), "1": torch.randn(1, 4, 16, 16)}
+    boxes = [torch.tensor([[3.0, 5.0, 20.0, 30.0], [0.0, 1.0, 127.0, 127.0]])]
+    shapes = [(128, 128)]
+    ours = AlignedMultiScaleRoIAlign(["0", "1"], 7, sampling_ratio=0)(features, boxes, shapes)
+    levels = torch.tensor([0, 1])  # FPN level rule (canonical 224 px at P4): the small box on P2, the large on P3
+    rois = torch.cat([torch.zeros(2, 1), boxes[0]], dim=1)
+    for i, level in enumerate(levels.tolist()):
+        scale = 1 / 4 if level == 0 else 1 / 8
+        expected = roi_align(features[str(level)], rois[i : i + 1], 7, scale, 0, aligned=True)
+        torch.testing.assert_close(ours[i : i + 1], expected)
+    unaligned = MultiScaleRoIAlign(["0", "1"], 7, sampling_ratio=0)(features, boxes, shapes)
+    assert not torch.allclose(ours, unaligned)
+
+
+def _abswin_tiny_state():
+    from unveil.models.hiera import Hiera
+
+    return Hiera(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2), abs_win_pos_embed=True,
+                 global_pos_size=(7, 7), q_pool=2).state_dict()
+
+
+def test_trunk_initialisation_from_a_pretraining_checkpoint_and_its_report(tmp_path, capsys):
+    from unveil.finetune.detection import DetectionFineTune, load_trunk_weights
+    from unveil.models.detection import HieraMaskRCNN
+    from unveil.models.mae import MaskedAutoencoderHiera
+
+    mae = MaskedAutoencoderHiera(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2), abs_win_pos_embed=True,
+                                 global_pos_size=(7, 7), decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=1)
+    path = tmp_path / "mae.ckpt"
+    from unveil.common.checkpoints import record_architecture
+
+    checkpoint = {"state_dict": {f"model.{k}": v for k, v in mae.state_dict().items()}, "global_step": 1}
+    record_architecture(checkpoint, mae)
+    torch.save(checkpoint, path)
+    model = HieraMaskRCNN(num_classes=2, size="tiny", execution="windowed", image_size=64, out_channels=32,
+                          head_channels=16, box_fc_channels=32)
+    module = DetectionFineTune(model, init_checkpoint=str(path))
+    printed = capsys.readouterr().out
+    assert "trunk keys loaded" in printed and "new" in printed
+    for key, value in model.trunk.state_dict().items():
+        torch.testing.assert_close(value, mae.state_dict()[key], msg=key)
+    assert any(k.startswith("decoder") for k in module.init_report["ignored"])
+    assert any(k.startswith("backbone.neck.") for k in module.init_report["new"])
+    # a trunk without abs-win position embeddings does not fit a windowed trunk: one clear error
+    from unveil.models.hiera import Hiera
+
+    plain = Hiera(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2)).state_dict()
+    with pytest.raises(ValueError, match="pos_embed"):
+        load_trunk_weights(model.trunk, plain, "plain Hiera")
+
+
+def test_warmup_step_schedule_matches_vitdet():
+    from unveil.finetune.detection import warmup_step_lr
+
+    total, warmup = 184375, 250
+    args = (total, warmup, 0.001, (0.888889, 0.962963), 0.1)
+    assert warmup_step_lr(0, *args) == pytest.approx(0.001)
+    assert warmup_step_lr(125, *args) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert warmup_step_lr(250, *args) == 1.0
+    assert warmup_step_lr(163888, *args) == 1.0  # ViTDet's milestones: 163889 and 177546
+    assert warmup_step_lr(163889, *args) == pytest.approx(0.1)
+    assert warmup_step_lr(177546, *args) == pytest.approx(0.01)
+
+
+def test_parameter_groups_decay_and_layer_decay():
+    from unveil.finetune.detection import parameter_groups
+    from unveil.models.detection import HieraMaskRCNN
+
+    model = HieraMaskRCNN(num_classes=2, size="tiny", execution="windowed", image_size=64, out_channels=32,
+                          head_channels=16, box_fc_channels=32)
+    groups = parameter_groups(model, 0.1, layer_decay=0.5)
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    trunk = model.trunk
+    assert by_param[id(trunk.pos_embed)]["weight_decay"] == 0.0
+    assert by_param[id(trunk.blocks[0].attn.qkv.bias)]["weight_decay"] == 0.0
+    assert by_param[id(trunk.blocks[0].attn.qkv.weight)]["weight_decay"] == 0.1
+    depth = len(trunk.blocks) + 1
+    assert by_param[id(trunk.blocks[0].attn.qkv.weight)]["lr_scale"] == pytest.approx(0.5 ** (depth - 1))
+    assert by_param[id(trunk.blocks[-1].attn.qkv.weight)]["lr_scale"] == pytest.approx(0.5)
+    assert by_param[id(model.rpn.head.cls_logits.weight)]["lr_scale"] == 1.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_torchmetrics_ap_equals_pycocotools_cocoeval(coco_dir):
+    """torchmetrics' MeanAveragePrecision (faster-coco-eval) against pycocotools' COCOeval on predictions
+    made from the generated ground truth (shifted boxes, eroded masks, random scores, false positives)."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from unveil.datasets.coco import CocoInstances
+    from unveil.finetune.detection import DetectionFineTune, metric_inputs
+
+    annotations = coco_dir / "annotations" / "instances_train.json"
+    dataset = CocoInstances(coco_dir / "train", annotations, None, train=False)
+    generator = torch.Generator().manual_seed(0)
+    metric = DetectionFineTune._new_metric()
+    results = []
+    for index in range(len(dataset)):
+        target = dataset[index]["target"]
+        n = target["boxes"].shape[0]
+        boxes = target["boxes"] + torch.randn(n, 4, generator=generator) * 2
+        masks = target["masks"].clone()
+        masks[:, :, : int(torch.randint(0, 8, (1,), generator=generator))] = 0
+        labels = target["labels"].clone()
+        labels[torch.rand(n, generator=generator) < 0.2] = 1  # some wrong classes
+        extra = torch.tensor([[1.0, 1.0, 20.0, 20.0]])
+        extra_mask = torch.zeros(1, 64, 64, dtype=torch.uint8)
+        extra_mask[0, 1:20, 1:20] = 1
+        prediction = {
+            "boxes": torch.cat([boxes, extra]).clamp(0, 64),
+            "scores": torch.rand(n + 1, generator=generator),
+            "labels": torch.cat([labels, torch.tensor([2])]),
+            "masks": torch.cat([masks, extra_mask])[:, None].float(),
+        }
+        metric.update(*metric_inputs([prediction], [target]))
+        image_id = dataset.ids[index]
+        for box, score, label, mask in zip(prediction["boxes"], prediction["scores"], prediction["labels"],
+                                           prediction["masks"][:, 0] > 0.5):
+            x0, y0, x1, y1 = box.tolist()
+            rle = mask_utils.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            results.append({"image_id": image_id, "category_id": dataset.label_to_category[int(label)],
+                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score), "segmentation": rle})
+    ours = metric.compute()
+    ground_truth = COCO(str(annotations))
+    detections = ground_truth.loadRes(results)
+    for iou_type, prefix in (("bbox", "bbox"), ("segm", "segm")):
+        evaluation = COCOeval(ground_truth, detections, iou_type)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+        reference = evaluation.stats  # AP, AP50, AP75, APs, APm, APl, ...
+        assert 0.05 < reference[0] < 0.95, "a test set where AP can move"
+        for position, key in enumerate(("map", "map_50", "map_75")):
+            assert float(ours[f"{prefix}_{key}"]) == pytest.approx(reference[position], abs=1e-4), (iou_type, key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resolution", [1024])
+def test_windowed_backbone_from_a_sam2_trunk_state_dict_equals_sam2(resolution):
+    """The windowed backbone loaded from an official SAM 2.1 (tiny) trunk state dict, through the converters,
+    gives the official sam2 trunk's four maps at 1024."""
+    sam2_hieradet = pytest.importorskip("sam2.modeling.backbones.hieradet")
+    from unveil.models.convert import to_official
+    from unveil.models.detection import HieraBackbone
+
+    official_trunk = sam2_hieradet.Hiera(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2),
+                                         global_att_blocks=(5, 7, 9), window_pos_embed_bkg_spatial_size=(7, 7))
+    with torch.no_grad():  # non-zero position tables (sam2 initialises them to zero)
+        official_trunk.pos_embed.normal_(std=0.02)
+        official_trunk.pos_embed_window.normal_(std=0.02)
+    checkpoint = {f"image_encoder.trunk.{k}": v for k, v in official_trunk.state_dict().items()}
+    checkpoint["image_encoder.neck.convs.0.conv.weight"] = torch.zeros(1)  # the rest of a SAM 2 checkpoint
+    state, report = to_official(checkpoint)
+    backbone = HieraBackbone("tiny", "windowed").eval()
+    backbone.trunk.load_state_dict(state, strict=True)
+    x = torch.randn(1, 3, resolution, resolution)
+    with torch.no_grad():
+        expected = official_trunk(x)
+        ours = list(backbone(x).values())
+    assert len(ours) == len(expected) == 4
+    for a, b in zip(ours, expected):
+        assert a.shape == b.shape
+        assert (a - b).abs().max().item() <= 1e-4
+
+
+@pytest.mark.slow
+def test_quickstart_hieradet_chain_through_the_cli(tmp_path):
+    """The README's detection chain, shortened: abs-win MAE quickstart, export, synth coco, quickstart_hieradet."""
+
+    def unveil(*args):
+        result = subprocess.run([str(UNVEIL), *map(str, args)], capture_output=True, text=True, cwd=tmp_path,
+                                timeout=1800, check=False)
+        assert result.returncode == 0, (args, result.stderr[-3000:])
+        return result
+
+    unveil("synth", "images", "--out", "data/shapes", "--train_per_class", "4", "--val_per_class", "1", "--size", "128")
+    unveil("fit", "--config", "quickstart", "--config", "presets/abswin", "--trainer.max_steps", "2",
+           "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--trainer.val_check_interval", "2",
+           "--trainer.callbacks+=unveil.pretrain.resume.PeriodicCheckpoint",
+           "--trainer.callbacks.every_n_train_steps=2", "--trainer.callbacks.save_last=true")
+    last = next(tmp_path.glob("runs/quickstart/version_*/checkpoints/last.ckpt"))
+    unveil("export", last, "--format", "unveil", "--out", "exports/quickstart_abswin.pt")
+    unveil("synth", "coco", "--out", "data/coco_shapes", "--size", "128", "--train_images", "4", "--val_images", "2")
+    result = unveil("fit", "--config", "quickstart_hieradet", "--model.init_args.init_checkpoint",
+                    "exports/quickstart_abswin.pt", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+                    "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+                    "--model.init_args.log_images_every_n_steps", "1")
+    assert "trunk keys loaded" in result.stdout
+    run = next(tmp_path.glob("runs/quickstart_hieradet/version_*"))
+    assert list((run / "detections").glob("*.png"))
+    assert math.isfinite(1.0)
