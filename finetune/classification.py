@@ -237,7 +237,14 @@ class _ClassificationModule(pl.LightningModule):
         self.log_pictures = log_pictures
         self.peak_lr: float | None = None
         self.num_classes: int | None = None
-        self.backbone_report: PretrainedBackbone | None = None
+        # Loaded now, whatever num_classes is, so that a checkpoint that does not fit stops the run while the
+        # module is built (one line from the CLI), not once training has started.
+        from lightning.pytorch.utilities import rank_zero_info
+
+        self.backbone_report = load_pretrained_backbone(
+            num_classes=num_classes if num_classes and self._hiera_head else 0, **self._backbone_args
+        )
+        rank_zero_info(self.backbone_report.summary())
         if num_classes is not None:
             self._build(num_classes)
 
@@ -254,11 +261,17 @@ class _ClassificationModule(pl.LightningModule):
         checkpoint.setdefault("hyper_parameters", {})["num_classes"] = self.num_classes
 
     def _build(self, num_classes: int) -> None:
-        from lightning.pytorch.utilities import rank_zero_info
-
-        loaded = load_pretrained_backbone(num_classes=num_classes if self._hiera_head else 0, **self._backbone_args)
-        rank_zero_info(loaded.summary())
-        self.backbone_report, self.num_classes = loaded, num_classes
+        loaded = self.backbone_report
+        hiera = loaded.model if loaded.kind == "hiera" else None
+        if hiera is not None and self._hiera_head and hiera.num_classes != num_classes:
+            # the number of classes came from the data: a new classifier, initialised as Hiera's own
+            hiera.reset_classifier(num_classes)
+            with torch.no_grad():
+                trunc_normal_(hiera.head.projection.weight, std=0.02)
+                hiera.head.projection.weight.mul_(hiera.config["head_init_scale"])
+                hiera.head.projection.bias.zero_()
+            loaded.new += [k for k in ("head.projection.weight", "head.projection.bias") if k not in loaded.new]
+        self.num_classes = num_classes
         if self.multi_label:
             self.val_metrics = MetricCollection({"mAP": MultilabelAveragePrecision(num_classes, average="macro")})
             self.val_class_ap = MultilabelAveragePrecision(num_classes, average=None)
@@ -392,7 +405,8 @@ class FineTuneClassifier(_ClassificationModule):
             None with ``model`` or ``random_init`` for training from scratch.
         model: factory name for plain state dicts (official Hiera) or for random init without a checkpoint.
         modality: MAViL checkpoints: ``audio``, ``video`` or ``audio_video``.
-        num_classes: classes of the task; null: the DataModule's ``num_classes`` (built in ``configure_model``).
+        num_classes: classes of the task; null: the DataModule's ``num_classes`` (the classifier is then built in
+            ``configure_model``, and a checkpoint's own classifier is not kept: set it to keep one).
         multi_label: multi-hot labels (AudioSet): BCE and mAP; otherwise single-label: top-1/top-5.
         random_init: the checkpoint's architecture at random initialisation (a baseline).
         drop_path_rate, head_dropout: stochastic depth of the backbone, dropout before the classifier.

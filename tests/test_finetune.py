@@ -2,7 +2,9 @@
 mixup, audio masking, view averaging), the metrics against scikit-learn, and the README chain
 pretrain → export → fine-tune / probe through the ``unveil`` console script.
 
-The MAViL quickstart fine-tune through the console script is slow (audio-video decoding): ``pytest -m slow``.
+Slow (``pytest -m slow``): the whole README chain through the console script (MAE quickstart, export,
+fine-tune, probe, random-init baseline, fine-tune from the .ckpt) and the MAViL quickstart fine-tune (audio-video
+decoding). The non-slow CLI test runs ``quickstart_finetune`` on a small export, and a mismatched checkpoint.
 """
 
 from __future__ import annotations
@@ -341,27 +343,49 @@ SHRINK = ("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--tr
           "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--data.init_args.input_size", "64")
 
 
-def test_readme_chain_pretrain_export_finetune_and_probe(tmp_path):
+def synth_shapes(folder: Path) -> None:
     unveil("synth", "images", "--out", "data/shapes", "--num_classes", "2", "--train_per_class", "8",
-           "--val_per_class", "4", "--size", "64", "--progress", "false", cwd=tmp_path)
-    unveil("fit", "--config", "quickstart", *SHRINK, "--model.init_args.model.init_args.input_size=[64,64]",
-           "--model.init_args.log_images_every_n_steps", "0", cwd=tmp_path)
-    unveil("export", "runs/quickstart/version_0/checkpoints/last.ckpt", "--format", "unveil",
-           "--out", "exports/hiera_t_mae.pt", cwd=tmp_path)
+           "--val_per_class", "4", "--size", "64", "--progress", "false", cwd=folder)
+
+
+def test_quickstart_finetune_from_the_command_line(tmp_path, mae):
+    """``unveil fit --config quickstart_finetune`` on a small export; a checkpoint that does not fit its
+    model stops the command with one line and exit status 2, before training."""
+    synth_shapes(tmp_path)
+    model, _ = mae
+    from unveil.models.convert import hiera_backbone_config, to_official
+
+    official, _ = to_official(model.state_dict())
+    save_backbone(tmp_path / "exports/hiera_t_mae.pt", official,
+                  Architecture("unveil.models.hiera.Hiera", hiera_backbone_config(architecture_of(model).init_args)))
     tuned = unveil("fit", "--config", "quickstart_finetune", *SHRINK, cwd=tmp_path)
     assert "'exports/hiera_t_mae.pt': Hiera (hiera)" in tuned.stdout + tuned.stderr
     last = torch.load(tmp_path / "runs/quickstart_finetune/version_0/checkpoints/last.ckpt", weights_only=True)
     assert last["hyper_parameters"]["num_classes"] == 2  # from the data
     assert last["state_dict"]["net.backbone.head.projection.weight"].shape[0] == 2
-    unveil("fit", "--config", "quickstart_linprobe", *SHRINK, cwd=tmp_path)
-    assert (tmp_path / "runs/quickstart_linprobe/version_0/checkpoints/last.ckpt").is_file()
-    # a baseline from random weights, and a checkpoint that does not fit: one line, before training
-    unveil("fit", "--config", "quickstart_linprobe", *SHRINK, "--model.init_args.random_init", "true", cwd=tmp_path)
     torch.save({"model_state": hiera_tiny_224(num_classes=0).state_dict()}, tmp_path / "official.pth")
     bad = unveil("fit", "--config", "quickstart_finetune", *SHRINK, "--model.init_args.checkpoint", "official.pth",
                  "--model.init_args.model", "hiera_small_224", cwd=tmp_path, expect=2)
-    lines = [line for line in bad.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("unveil: error:") and "official.pth" in lines[-1] and "missing keys" in lines[-1]
+    lines = [line for line in bad.stderr.splitlines() if line.strip() and not line.startswith("Seed set to")]
+    assert len(lines) == 1 and lines[0].startswith("unveil: error:"), bad.stderr  # nothing trained
+    assert "official.pth" in lines[0] and "missing keys" in lines[0]
+
+
+@pytest.mark.slow
+def test_readme_chain_pretrain_export_finetune_and_probe(tmp_path):
+    synth_shapes(tmp_path)
+    unveil("fit", "--config", "quickstart", *SHRINK, "--model.init_args.model.init_args.input_size=[64,64]",
+           "--model.init_args.log_images_every_n_steps", "0", cwd=tmp_path)
+    unveil("export", "runs/quickstart/version_0/checkpoints/last.ckpt", "--format", "unveil",
+           "--out", "exports/hiera_t_mae.pt", cwd=tmp_path)
+    unveil("fit", "--config", "quickstart_finetune", *SHRINK, cwd=tmp_path)
+    assert (tmp_path / "runs/quickstart_finetune/version_0/checkpoints/last.ckpt").is_file()
+    unveil("fit", "--config", "quickstart_linprobe", *SHRINK, cwd=tmp_path)
+    assert (tmp_path / "runs/quickstart_linprobe/version_0/checkpoints/last.ckpt").is_file()
+    unveil("fit", "--config", "quickstart_linprobe", *SHRINK, "--model.init_args.random_init", "true", cwd=tmp_path)
+    unveil("fit", "--config", "quickstart_finetune", *SHRINK, "--model.init_args.checkpoint",
+           "runs/quickstart/version_0/checkpoints/last.ckpt", cwd=tmp_path)
+    assert (tmp_path / "runs/quickstart_finetune/version_1/checkpoints/last.ckpt").is_file()
 
 
 @pytest.mark.slow
