@@ -42,6 +42,8 @@ __all__ = [
     "load_hiera_state_dict",
     "reroll",
     "undo_windowing",
+    "unit_indices",
+    "unit_mask",
     "unroll",
 ]
 
@@ -110,7 +112,7 @@ def reroll(
     dims = len(size)
     batch, num_tokens, channels = x.shape
     k = len(schedule)
-    unit_shape = [math.prod(s[d] for s in schedule) for d in range(dims)]
+    unit_shape = [math.prod([s[d] for s in schedule]) for d in range(dims)]
     num_units = num_tokens // math.prod(unit_shape)
     # [B, *o_1, ..., *o_k, units, C]; o_j[d] sits at dim 1 + j * D + d
     x = x.view(batch, *[v for s in schedule for v in s], num_units, channels)
@@ -148,6 +150,25 @@ def abs_win_pos_embed(
     else:
         bg = F.interpolate(background, size=grid, mode="bicubic", antialias=antialias)
     return bg + window.tile(1, 1, *tiles)
+
+
+def unit_indices(mask: torch.Tensor) -> torch.Tensor:
+    """Kept mask units as indices: [B, #units] bool (True = keep, the same count in every row) → [B, #kept]
+    ascending unit indices. An integer tensor is taken to be such indices already and returned unchanged.
+
+    The bool path reads the kept count on the host (a sync, and a graph break under ``torch.compile``); code
+    that must stay graph-safe draws indices outside the compiled region and passes those instead.
+    """
+    if mask.dtype != torch.bool:
+        return mask
+    return mask.nonzero()[:, 1].view(mask.shape[0], -1)
+
+
+def unit_mask(indices: torch.Tensor, num_units: int) -> torch.Tensor:
+    """Inverse of :func:`unit_indices`: [B, #kept] unit indices → [B, num_units] bool, True = keep.
+    Static shapes (a scatter), so it is graph-safe."""
+    empty = torch.zeros(indices.shape[0], num_units, dtype=torch.bool, device=indices.device)
+    return empty.scatter(1, indices, True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,11 +214,15 @@ class MaskUnitAttention(nn.Module):
         batch, num_tokens, _ = x.shape
         windows = num_tokens // (self.q_stride * self.window_size) if self.use_mask_unit_attn else 1
         qkv = self.qkv(x).reshape(batch, -1, windows, 3, self.heads, self.head_dim)
-        q, k, v = qkv.permute(3, 0, 4, 2, 1, 5).unbind(0)  # each [B, heads, windows, tokens, head_dim]
+        # Windows fold into the batch: every fused SDPA kernel (flash, memory-efficient, cuDNN; flash on the
+        # CPU) takes 4-D q/k/v only, and a 5-D call silently runs the unfused math path.
+        qkv = qkv.permute(3, 0, 2, 4, 1, 5).reshape(3, batch * windows, self.heads, -1, self.head_dim)
+        q, k, v = qkv.unbind(0)  # each [B * windows, heads, tokens, head_dim]
         if self.q_stride > 1:
-            q = q.view(batch, self.heads, windows, self.q_stride, -1, self.head_dim).max(dim=3).values
-        x = F.scaled_dot_product_attention(q, k, v)
-        x = x.transpose(1, 3).reshape(batch, -1, self.dim_out)  # [B, tokens * windows, heads * head_dim]
+            q = q.view(batch * windows, self.heads, self.q_stride, -1, self.head_dim).max(dim=2).values
+        x = F.scaled_dot_product_attention(q, k, v)  # [B * windows, heads, tokens', head_dim]
+        x = x.view(batch, windows, self.heads, -1, self.head_dim).permute(0, 3, 1, 2, 4)
+        x = x.reshape(batch, -1, self.dim_out)  # [B, tokens' * windows, heads * head_dim], windows fastest
         return self.proj(x)
 
 
@@ -471,13 +496,24 @@ class Hiera(nn.Module):
         pools = min(stage, self.q_pool)
         return [n // s**pools for n, s in zip(grid, self.q_stride)]
 
-    def get_random_mask(self, x: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-        """[B, #mask units] bool, True = keep; exactly ``int(#units * (1 - ratio))`` kept per sample."""
-        units = math.prod(n // m for n, m in zip(self.token_grid(x), self.mask_unit_size))
+    def num_mask_units(self, x: torch.Tensor) -> int:
+        """Mask units of an input [B, C, *spatial]."""
+        return math.prod([n // m for n, m in zip(self.token_grid(x), self.mask_unit_size)])
+
+    def get_random_unit_indices(self, x: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+        """[B, #kept] ascending indices of the kept mask units, ``#kept = int(#units * (1 - ratio))``.
+
+        Static shapes throughout (no host sync), so it may run inside a compiled graph; it draws the same
+        numbers as :meth:`get_random_mask` from the same RNG state.
+        """
+        units = self.num_mask_units(x)
         keep = int(units * (1 - mask_ratio))
         noise = torch.rand(x.shape[0], units, device=x.device)
-        rank = noise.argsort(dim=1).argsort(dim=1)  # rank of each unit's noise; lowest `keep` survive
-        return rank < keep
+        return noise.argsort(dim=1)[:, :keep].sort(dim=1).values  # the `keep` units of lowest noise
+
+    def get_random_mask(self, x: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+        """[B, #mask units] bool, True = keep; exactly ``int(#units * (1 - ratio))`` kept per sample."""
+        return unit_mask(self.get_random_unit_indices(x, mask_ratio), self.num_mask_units(x))
 
     def get_pos_embed(self, grid: Sequence[int]) -> torch.Tensor:
         """[1, prod(grid), C] position embedding for a token grid."""
@@ -511,15 +547,18 @@ class Hiera(nn.Module):
                 f"mask_unit_size {self.mask_unit_size}"
             )
         units = [n // m for n, m in zip(grid, self.mask_unit_size)]
-        patch_mask = mask.view(x.shape[0], 1, *units) if mask is not None else None
+        patch_mask = None
+        if mask is not None:
+            kept = unit_indices(mask)  # [B, #kept] ascending unit indices
+            keep = mask if mask.dtype == torch.bool else unit_mask(kept, math.prod(units))
+            patch_mask = keep.view(x.shape[0], 1, *units)
         x = self.patch_embed(x, mask=patch_mask)
         x = x + self.get_pos_embed(grid)
         x = unroll(x, grid, self.unroll_schedule)
         if mask is not None:
             # units are the fastest-varying part of the unrolled index: keep whole units, in order
             batch, num_tokens, channels = x.shape
-            units = mask.shape[1]
-            kept = mask.nonzero()[:, 1].view(batch, -1)  # [B, #kept] ascending unit indices
+            units = math.prod(units)
             x = x.view(batch, num_tokens // units, units, channels)
             index = kept[:, None, :, None].expand(-1, num_tokens // units, -1, channels)
             x = x.gather(2, index).reshape(batch, -1, channels)  # gather: its backward is a cheap scatter
@@ -537,6 +576,10 @@ class Hiera(nn.Module):
 
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final-stage tokens.
+
+        Args:
+            mask: None, a [B, #mask units] bool keep mask (True = keep), or [B, #kept] ascending indices of
+                the kept units (:func:`unit_indices`); indices keep the forward free of host syncs.
 
         Returns:
             [B, N_final, C] in raster order over the final grid when ``mask`` is None; with a mask

@@ -128,7 +128,8 @@ class WindowedAttention(nn.Module):
             # pooling is per channel, so heads can ride in the batch dim
             q = max_pool_nhwc(q.reshape(groups * self.heads, h, w, self.head_dim), self.q_stride)
             h, w = q.shape[1:3]
-            q = q.reshape(groups, self.heads, h * w, self.head_dim)
+            # contiguous: the pool leaves channels strided, and fused SDPA kernels need a unit last stride
+            q = q.contiguous().view(groups, self.heads, h * w, self.head_dim)
         x = F.scaled_dot_product_attention(q, k, v)  # [G, heads, h * w, head_dim]
         x = self.proj(x.transpose(1, 2).reshape(groups, h, w, self.dim_out))
         if self.window_size:

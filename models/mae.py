@@ -20,7 +20,7 @@ import torch
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from torch import nn
 
-from .hiera import Hiera, HieraBlock, LayerNorm, hiera_config, undo_windowing
+from .hiera import Hiera, HieraBlock, LayerNorm, hiera_config, undo_windowing, unit_indices, unit_mask
 
 __all__ = [
     "MAEOutput",
@@ -244,7 +244,9 @@ class MaskedAutoencoderHiera(Hiera):
     # ---- forward ----------------------------------------------------------------------------
 
     def forward_encoder(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Encode the visible units and fuse the stages: → [B, #visible, *final unit, C_enc]."""
+        """Encode the visible units and fuse the stages: → [B, #visible, *final unit, C_enc].
+
+        ``mask``: [B, #units] bool (True = keep) or [B, #kept] kept-unit indices."""
         maps = self.forward_intermediates(x, mask=mask, intermediates_only=True)
         # stages after the last pooling share its resolution: only the final one is fused
         maps = maps[: self.q_pool] + maps[-1:]
@@ -258,11 +260,18 @@ class MaskedAutoencoderHiera(Hiera):
         return self.encoder_norm(fused)
 
     def forward_decoder(self, latent: torch.Tensor, mask: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-        """Decode visible latents plus mask tokens on the final grid → [B, N, P] predictions."""
+        """Decode visible latents plus mask tokens on the final grid → [B, N, P] predictions.
+
+        ``mask``: [B, #units] bool (True = keep) or [B, #kept] kept-unit indices (see ``unit_indices``).
+        """
         latent = self.decoder_embed(latent)  # [B, #visible, *final unit, C_dec]
         b, channels = latent.shape[0], latent.shape[-1]
-        tokens = self.mask_token.expand(b, mask.shape[1], *latent.shape[2:-1], channels).clone()
-        tokens[mask] = latent.flatten(0, 1).to(tokens.dtype)  # [B, #units, *final unit, C_dec]
+        units = math.prod([n // u for n, u in zip(grid, self.mask_unit_spatial_shape_final)])
+        kept = unit_indices(mask)  # [B, #visible]
+        tokens = self.mask_token.expand(b, units, *latent.shape[2:-1], channels)
+        # a scatter with static shapes (boolean-mask assignment would make the graph data-dependent)
+        index = kept.view(b, -1, *[1] * (latent.dim() - 2)).expand(latent.shape)
+        tokens = tokens.scatter(1, index, latent.to(tokens.dtype))  # [B, #units, *final unit, C_dec]
         x = undo_windowing(tokens, grid, self.mask_unit_spatial_shape_final).flatten(1, -2)
         pos = self.decoder_pos_embed
         if list(grid) != self.tokens_spatial_shape_final:
@@ -286,15 +295,26 @@ class MaskedAutoencoderHiera(Hiera):
     def forward(
         self, x: torch.Tensor, mask_ratio: float | None = None, mask: torch.Tensor | None = None
     ) -> MAEOutput:
-        """x [B, C, H, W] or [B, C, T, H, W]; ``mask`` [B, #units] (True = keep) overrides the ratio."""
+        """x [B, C, H, W] or [B, C, T, H, W] → :class:`MAEOutput`.
+
+        ``mask`` overrides the ratio: a [B, #units] bool keep mask (True = keep), or [B, #kept] ascending
+        indices of the kept units (``Hiera.get_random_unit_indices``, ``unit_indices``). With indices, or with
+        no mask, the forward has static shapes and no host sync, so ``torch.compile`` captures it as one graph
+        (a bool mask costs one sync to count its kept units).
+        """
         if mask is None:
-            mask = self.get_random_mask(x, self.mask_ratio if mask_ratio is None else mask_ratio)
+            kept = self.get_random_unit_indices(x, self.mask_ratio if mask_ratio is None else mask_ratio)
+        else:
+            kept = unit_indices(mask)
+        keep = mask if mask is not None and mask.dtype == torch.bool else unit_mask(kept, self.num_mask_units(x))
         grid = self.final_grid(x)
-        pred = self.forward_decoder(self.forward_encoder(x, mask), mask, grid)
+        pred = self.forward_decoder(self.forward_encoder(x, kept), kept, grid)
         target = self.make_target(x)
-        hidden = ~self.patch_mask(mask, grid)
-        loss = (pred[hidden].float() - target[hidden].float()).pow(2).mean()
-        return MAEOutput(loss, pred, target, mask)
+        # mean over the hidden patches' values, as a weighted sum (boolean indexing is data-dependent)
+        hidden = (~self.patch_mask(keep, grid)).unsqueeze(-1).float()  # [B, N, 1]
+        error = (pred.float() - target.float()).pow(2)
+        loss = (error * hidden).sum() / (hidden.sum() * error.shape[-1])
+        return MAEOutput(loss, pred, target, keep)
 
     @torch.no_grad()
     def reconstruction_images(self, x: torch.Tensor, out: MAEOutput) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ timm ``VisionTransformer``: :func:`mavil_encoder_to_timm` and :func:`create_timm
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
 from typing import NamedTuple
@@ -40,6 +41,7 @@ from .vit import (
     gather_tokens,
     init_mae_weights,
     keep_indices,
+    keep_mask,
     sincos_pos_embed_2d,
     sincos_pos_embed_3d,
     vit_blocks,
@@ -58,6 +60,7 @@ __all__ = [
     "mavil_vit_base_patch16",
     "mavil_vit_large_patch16",
     "mavil_vit_small_patch16",
+    "random_keep_indices",
     "random_keep_mask",
 ]
 
@@ -184,9 +187,9 @@ class MaskedTokenDecoder(nn.Module):
         trunc_normal_(self.mask_token, std=0.02)
 
     def forward(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """tokens [B, 1 + K, D_in] (CLS first), keep [B, N] bool → predictions [B, N, out_dim]."""
+        """tokens [B, 1 + K, D_in] (CLS first), keep [B, N] bool or [B, K] visible indices → [B, N, out_dim]."""
         x = self.embed(tokens)  # [B, 1 + K, D]
-        b, n, d = x.shape[0], keep.shape[1], x.shape[-1]
+        b, n, d = x.shape[0], math.prod(self.grid), x.shape[-1]
         full = self.mask_token.to(x.dtype).expand(b, n, d)
         index = keep_indices(keep).unsqueeze(-1).expand(-1, -1, d)
         full = full.scatter(1, index, x[:, 1:])  # [B, N, D]: visible tokens back in place
@@ -199,14 +202,19 @@ class MaskedTokenDecoder(nn.Module):
 # ---------------------------------------------------------------------------------------- masking and loss
 
 
-def random_keep_mask(batch_size: int, num_tokens: int, mask_ratio: float, device=None) -> torch.Tensor:
-    """[B, N] bool, True = visible: ``floor(N * (1 - mask_ratio))`` random tokens per sample (at least one)."""
+def random_keep_indices(batch_size: int, num_tokens: int, mask_ratio: float, device=None) -> torch.Tensor:
+    """[B, K] ascending indices of ``K = floor(N * (1 - mask_ratio))`` random visible tokens per sample (at
+    least one). Static shapes and no host sync, so it is graph-safe; the same draw as :func:`random_keep_mask`."""
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask ratio must be in [0, 1), got {mask_ratio}")
     keep = max(1, int(num_tokens * (1.0 - mask_ratio) + 1e-6))  # the epsilon: 40 * (1 - 0.8) is 7.99999...
     noise = torch.rand(batch_size, num_tokens, device=device)
-    ranks = noise.argsort(dim=1).argsort(dim=1)  # rank of each token's noise in its row
-    return ranks < keep
+    return noise.argsort(dim=1)[:, :keep].sort(dim=1).values  # the `keep` tokens of lowest noise
+
+
+def random_keep_mask(batch_size: int, num_tokens: int, mask_ratio: float, device=None) -> torch.Tensor:
+    """[B, N] bool, True = visible: ``floor(N * (1 - mask_ratio))`` random tokens per sample (at least one)."""
+    return keep_mask(random_keep_indices(batch_size, num_tokens, mask_ratio, device), num_tokens)
 
 
 def masked_mse(
@@ -233,7 +241,9 @@ def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 class MAViLMasks(NamedTuple):
     """Masks of one forward pass, each [B, N] bool with True = visible. The second view (for the intra-modal
-    contrastive term) is optional."""
+    contrastive term) is optional. As an input to :meth:`MAViL.forward` each may instead be [B, K] ascending
+    indices of the visible tokens (``as_indices`` of :meth:`MAViL.sample_masks`), which keeps the forward
+    graph-safe; the forward always returns bool masks."""
 
     audio: torch.Tensor
     video: torch.Tensor
@@ -377,13 +387,19 @@ class MAViL(nn.Module):
         second_view: bool = False,
         audio_mask_ratio: float | None = None,
         video_mask_ratio: float | None = None,
+        as_indices: bool = False,
     ) -> MAViLMasks:
-        """Random masks for a batch: independent per sample, per modality and per view."""
+        """Random masks for a batch: independent per sample, per modality and per view.
+
+        ``as_indices``: [B, K] visible-token indices instead of [B, N] bool masks (the same draw), the form a
+        compiled forward takes without a host sync.
+        """
         ra = self.audio_mask_ratio if audio_mask_ratio is None else audio_mask_ratio
         rv = self.video_mask_ratio if video_mask_ratio is None else video_mask_ratio
 
         def draw(n: int, ratio: float) -> torch.Tensor:
-            return random_keep_mask(batch_size, n, ratio, device)
+            indices = random_keep_indices(batch_size, n, ratio, device)
+            return indices if as_indices else keep_mask(indices, n)
 
         audio, video = draw(self.num_audio_tokens, ra), draw(self.num_video_tokens, rv)
         if not second_view:
@@ -439,20 +455,24 @@ class MAViL(nn.Module):
         decoded.
         """
         if masks is None:
-            masks = self.sample_masks(audio.shape[0], audio.device, second_view=second_view)
+            masks = self.sample_masks(audio.shape[0], audio.device, second_view=second_view, as_indices=True)
         two_views = second_view or masks.audio_view2 is not None
         if two_views and (masks.audio_view2 is None or masks.video_view2 is None):
-            masks = MAViLMasks(masks.audio, masks.video, *self.sample_masks(audio.shape[0], audio.device)[:2])
+            second = self.sample_masks(audio.shape[0], audio.device, as_indices=True)
+            masks = MAViLMasks(masks.audio, masks.video, *second[:2])
         audio_keeps = [masks.audio] + ([masks.audio_view2] if two_views else [])
         video_keeps = [masks.video] + ([masks.video_view2] if two_views else [])
         audio_views = self._encode(self.audio_encoder, audio, audio_keeps)
         video_views = self._encode(self.video_encoder, video, video_keeps)
 
         fused_audio, fused_video, _ = self.fuse(audio_views[0], video_views[0])
+        # bool masks out, whatever came in (a static scatter for indices)
+        sizes = (self.num_audio_tokens, self.num_video_tokens) * 2
+        bool_masks = MAViLMasks(*[None if m is None else keep_mask(m, n) for m, n in zip(masks, sizes)])
         return MAViLOutput(
             audio_pred=self.audio_decoder(fused_audio, masks.audio),
             video_pred=self.video_decoder(fused_video, masks.video),
-            masks=masks,
+            masks=bool_masks,
             audio_embedding=self.clip_embedding(audio_views[0], "audio"),
             video_embedding=self.clip_embedding(video_views[0], "video"),
             audio_embedding_view2=self.clip_embedding(audio_views[1], "audio") if two_views else None,

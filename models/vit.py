@@ -23,6 +23,7 @@ __all__ = [
     "gather_tokens",
     "init_mae_weights",
     "keep_indices",
+    "keep_mask",
     "sincos_pos_embed_1d",
     "sincos_pos_embed_2d",
     "sincos_pos_embed_3d",
@@ -136,12 +137,26 @@ class TubeletEmbed(nn.Module):
 
 def keep_indices(keep: torch.Tensor) -> torch.Tensor:
     """[B, N] bool (True = visible, the same count in every row) → [B, K] indices of the visible tokens in
-    ascending order."""
+    ascending order. An integer tensor is taken to be such indices already and returned unchanged.
+
+    The bool path reads the count on the host (a sync, and a graph break under ``torch.compile``); graph-safe
+    code passes indices drawn outside the compiled region (``random_keep_indices``)."""
+    if keep.dtype != torch.bool:
+        return keep
     counts = keep.sum(dim=1)
     if bool((counts != counts[0]).any()):
         raise ValueError(f"every sample must keep the same number of tokens, got counts {counts.tolist()}")
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # visible first, each group in order
     return order[:, : int(counts[0])]
+
+
+def keep_mask(keep: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """[B, K] visible-token indices (or a [B, N] bool mask, returned unchanged) → [B, num_tokens] bool,
+    True = visible. A scatter with static shapes: graph-safe."""
+    if keep.dtype == torch.bool:
+        return keep
+    empty = torch.zeros(keep.shape[0], num_tokens, dtype=torch.bool, device=keep.device)
+    return empty.scatter(1, keep, True)
 
 
 def gather_tokens(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -238,7 +253,7 @@ class ViTEncoder(nn.Module):
         return self.norm(x)
 
     def forward_masked(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Encode only the visible patches: ``keep`` [B, N] bool, True = visible → [B, 1 + K, D]."""
+        """Encode only the visible patches: ``keep`` [B, N] bool (True = visible) or [B, K] indices → [B, 1 + K, D]."""
         return self.forward_tokens(gather_tokens(self.embed(x), keep_indices(keep)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
