@@ -8,6 +8,8 @@
   ``temporal`` clips evenly spaced over it × ``spatial`` crops along its long side (MAE-ST / SlowFast
   multi-view testing; Hiera evaluates K400 with 5 × 3). The views of one video are consecutive in a batch
   under its ``key``; ``FineTuneClassifier`` averages their scores per video.
+- Audio: ``FineTuneAudioDataModule``, an ``AudioDataModule`` that can draw its training epochs with AudioMAE's
+  class-balanced weights (``dataset/audioset/gen_weight.py``), as its AudioSet-2M fine-tuning does.
 """
 
 from __future__ import annotations
@@ -15,19 +17,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.utils.data import DataLoader, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
-from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, plain_tensor
-from unveil.datasets.datamodules import ImageDataModule, VideoDataModule
+from unveil.datasets.common import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    derive_seed,
+    plain_tensor,
+    run_seed,
+)
+from unveil.datasets.datamodules import AudioDataModule, ImageDataModule, VideoDataModule
 from unveil.datasets.frames import open_video
 from unveil.datasets.image import ImageFolderDataset
 from unveil.datasets.shards import ImageShardDecoder
 from unveil.datasets.video import VideoDataset, clip_indices
 
 __all__ = [
+    "ClassBalancedSampler",
+    "FineTuneAudioDataModule",
     "FineTuneImageDataModule",
     "FineTuneVideoDataModule",
     "MultiViewVideoDataset",
+    "class_balanced_weights",
     "finetune_image_transform",
     "finetune_video_transform",
 ]
@@ -235,3 +247,80 @@ class FineTuneVideoDataModule(VideoDataModule):
         if train:
             return finetune_video_transform(self.input_size, self.crop_scale, self.hflip, self.rand_augment)
         return super()._dataset_transform(train)
+
+
+# ---------------------------------------------------------------------------------------------------- audio
+
+
+def class_balanced_weights(targets: Sequence[Sequence[int]], num_classes: int) -> torch.Tensor:
+    """AudioMAE's ``gen_weight.py``: each class weighs ``1000 / (its count of clips + 0.01)``, each clip the sum of
+    the weights of its labels → float64 [len(targets)]."""
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for labels in targets:
+        counts[list(labels)] += 1
+    label_weight = 1000.0 / (counts + 0.01)
+    return torch.tensor([float(label_weight[list(labels)].sum()) for labels in targets], dtype=torch.float64)
+
+
+class ClassBalancedSampler(Sampler[int]):
+    """``num_samples`` indices drawn with probability proportional to ``weights`` (``torch.multinomial``, with or
+    without replacement), a new draw each epoch.
+
+    Every pass reseeds from ``seed`` and the number of passes so far, so the processes of a DDP run draw the same
+    list and Lightning's ``DistributedSamplerWrapper`` gives each its own share of it (AudioMAE:
+    ``DistributedSamplerWrapper(WeightedRandomSampler(...))``).
+    """
+
+    def __init__(self, weights: torch.Tensor, num_samples: int, replacement: bool = False, seed: int = 0):
+        if not replacement and num_samples > int((weights > 0).sum()):
+            raise ValueError(f"cannot draw {num_samples} samples without replacement from {int((weights > 0).sum())}")
+        self.weights, self.num_samples, self.replacement, self.seed = weights, num_samples, replacement, seed
+        self.passes = 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.passes)
+        self.passes += 1
+        return iter(torch.multinomial(self.weights, self.num_samples, self.replacement, generator=generator).tolist())
+
+
+class FineTuneAudioDataModule(AudioDataModule):
+    """``AudioDataModule`` with AudioMAE's class-balanced training epochs.
+
+    Args (besides ``AudioDataModule``'s):
+        balanced_samples: when set, a training epoch is this many clips drawn with the weights of
+            :func:`class_balanced_weights` (AudioMAE AS-2M: ``--weight_sampler --epoch_len 200000``); null: every
+            clip once per epoch, shuffled.
+        replacement: draw with replacement (AudioMAE AS-2M: ``--replacement False``).
+
+    The balanced loader is a plain DataLoader: a run resumed mid-epoch starts that epoch's draw again.
+    """
+
+    def __init__(self, *args, balanced_samples: int | None = None, replacement: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if balanced_samples is not None:
+            if balanced_samples < 1:
+                raise ValueError(f"{type(self).__name__}: balanced_samples must be >= 1, got {balanced_samples}")
+            if self.shards is not None:
+                raise ValueError(f"{type(self).__name__}: balanced_samples needs a manifest or folder source, not shards")
+        self.balanced_samples, self.replacement = balanced_samples, replacement
+
+    def train_dataloader(self):
+        if self.balanced_samples is None:
+            return super().train_dataloader()
+        self.setup()
+        weights = class_balanced_weights(self.train_set.targets, len(self.train_set.classes))
+        seed = derive_seed(run_seed(), getattr(self, "shuffle_seed", 0))  # seed_everything and shuffle_seed
+        sampler = ClassBalancedSampler(weights, self.balanced_samples, self.replacement, seed=seed)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate_fn,
+        )

@@ -330,6 +330,30 @@ def test_multi_view_validation_takes_evenly_spread_windows_and_crops(tmp_path):
     assert batch["video"].shape[0] == 12 and batch["key"][:6] == ["shape/clip_0"] * 6
 
 
+def test_class_balanced_epochs_follow_audiomaes_gen_weight(tmp_path):
+    """Weights against gen_weight.py's formula by hand; draws without replacement, the same list in every process
+    (one seed), a new one each pass; the DataModule's epoch is balanced_samples clips."""
+    from unveil.datasets.finetune import ClassBalancedSampler, FineTuneAudioDataModule, class_balanced_weights
+    from unveil.datasets.synth import make_audio_folder
+
+    weights = class_balanced_weights([(0,), (0, 1), (1,), (2,)], num_classes=3)
+    expected = [1000 / 2.01, 1000 / 2.01 + 1000 / 2.01, 1000 / 2.01, 1000 / 1.01]
+    assert torch.allclose(weights, torch.tensor(expected, dtype=torch.float64))
+    first, second = ClassBalancedSampler(weights, 3, seed=5), ClassBalancedSampler(weights, 3, seed=5)
+    draws = [list(first) for _ in range(4)]
+    assert draws[0] == list(second) and all(len(set(d)) == 3 for d in draws)
+    assert any(d != draws[0] for d in draws[1:])
+    with pytest.raises(ValueError):
+        ClassBalancedSampler(weights, 5)  # more than there are, without replacement
+
+    make_audio_folder(tmp_path / "audio", num_classes=2, train_per_class=3, val_per_class=1, duration=1.0,
+                      progress=False)
+    data = FineTuneAudioDataModule(root=str(tmp_path / "audio"), target_length=100, batch_size=2, num_workers=0,
+                                   balanced_samples=4)
+    batches = list(data.train_dataloader())
+    assert len(batches) == 2 and batches[0]["fbank"].shape == (2, 1, 100, 128)
+
+
 # ---------------------------------------------------------------------------------------- the README chain
 
 
