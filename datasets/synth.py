@@ -1,7 +1,8 @@
 """Small synthetic datasets written in real formats, for tests, smoke runs and demos.
 
 Every sample shows coloured shapes of one kind (the class: circle, square, triangle, ...) over a textured
-gradient background, so a model has something to learn. Images are JPEG files in the ImageNet layout;
+gradient background, so a model has something to learn; an image shows one large shaded shape (see
+``render_image``), a video one or two moving ones. Images are JPEG files in the ImageNet layout;
 videos are MP4 clips in the Kinetics layout, with CSV manifests, in which the shapes move in straight lines,
 bounce off the borders, spin and pulse. Audio-video clips (MP4 with an AAC track, plus wav/flac copies and
 Kinetics/AudioSet-style manifests) sound like their picture: each shape plays a tone whose pitch is set by
@@ -125,9 +126,10 @@ def _draw_shape(
     center: tuple[float, float],
     radius: float,
     angle: float,
-    color: tuple[int, int, int],
+    color: tuple[int, int, int] | Image.Image,
 ) -> None:
-    """Paint one filled shape onto the RGB ``canvas``, in place, with anti-aliased edges.
+    """Paint one filled shape onto the RGB ``canvas``, in place, with anti-aliased edges; ``color`` is an RGB
+    colour or an RGB image of the canvas's size (the fill).
 
     The shape's mask is drawn at ``_SUPERSAMPLE`` times the resolution and box-filtered down, which gives
     soft edges and lets sub-pixel motion show.
@@ -140,7 +142,7 @@ def _draw_shape(
     draw.polygon([tuple(p) for p in (outline + offset).tolist()], fill=255)
     if hole is not None:
         draw.polygon([tuple(p) for p in (hole + offset).tolist()], fill=0)
-    canvas.paste(color, mask=mask.reduce(scale))
+    canvas.paste(color, mask=mask.reduce(scale))  # a colour, or an image of the canvas's size
 
 
 def _random_background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -164,13 +166,31 @@ def _random_color(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c) for c in channels)  # type: ignore[return-value]
 
 
+def _shaded_fill(rng: np.random.Generator, size: int, color: tuple[int, int, int]) -> Image.Image:
+    """An RGB canvas of ``color`` lit by a linear ramp in a random direction (about +-40 levels across it)."""
+    coords = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
+    y, x = np.meshgrid(coords, coords, indexing="ij")
+    direction = rng.uniform(0, 2 * math.pi)
+    ramp = (np.cos(direction) * x + np.sin(direction) * y) * rng.uniform(50, 90)  # [size, size], ~+-40
+    fill = np.asarray(color, dtype=np.float32) + ramp[..., None]
+    return Image.fromarray(np.clip(fill, 0, 255).astype(np.uint8))
+
+
 def render_image(kind: str, rng: np.random.Generator, size: int) -> Image.Image:
-    """One RGB image of 1 to 3 shapes of ``kind``, drawn from ``rng``."""
+    """One RGB image of one large shape of ``kind``, drawn from ``rng``.
+
+    The shape is large (radius 25-38% of the side) and lies near the centre, so that any view of the image,
+    and the visible units of a masked autoencoder's input, show part of its outline: completing the hidden
+    part takes knowing the shape. Its fill is a saturated colour with a linear shading in a random direction,
+    so that a patch inside it has structure to predict (MAE's per-patch normalised targets of a flat patch
+    would be amplified JPEG noise). Colour, shading, size, position and rotation are random and the same for
+    every class: only the outline tells the class.
+    """
     canvas = Image.fromarray(_random_background(rng, size))
-    for _ in range(int(rng.integers(1, 4))):
-        radius = rng.uniform(0.1, 0.25) * size
-        center = rng.uniform(radius, size - radius, size=2)
-        _draw_shape(canvas, kind, tuple(center), radius, rng.uniform(0, 2 * math.pi), _random_color(rng))
+    radius = rng.uniform(0.25, 0.38) * size
+    center = size / 2 + rng.uniform(-0.08, 0.08, size=2) * size  # inside the 87.5% centre crop of evaluation
+    angle, color = rng.uniform(0, 2 * math.pi), _random_color(rng)
+    _draw_shape(canvas, kind, tuple(center), radius, angle, _shaded_fill(rng, size, color))
     return canvas
 
 
@@ -234,9 +254,9 @@ def _splits(train_per_class: int, val_per_class: int) -> list[tuple[str, int]]:
 
 def make_image_folder(
     out: str | Path,
-    num_classes: int = 4,
-    train_per_class: int = 64,
-    val_per_class: int = 8,
+    num_classes: int = 8,
+    train_per_class: int = 96,
+    val_per_class: int = 32,
     size: int = 256,
     seed: int = 0,
     quality: int = 90,

@@ -32,6 +32,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from unveil.common.distributed import gather_uneven
 from unveil.finetune.knn import DEFAULT_TEMPERATURE, batch_input, knn_predict, pooled_features
@@ -44,7 +45,8 @@ class OnlineProbes(pl.Callback):
         backbone: dotted attribute path, from the LightningModule, of the module to probe (``model`` for the MAE
             module; MAViL: ``model.audio_encoder`` or ``model.video_encoder``).
         input_key: batch key of the backbone input; by default the first of ``video``, ``image``, ``fbank``.
-        num_classes: classes of the labels; by default the datamodule's ``num_classes``.
+        num_classes: classes of the labels; by default the datamodule's ``num_classes`` (when neither says, the
+            probes are off, with a warning: they never stop a pretraining run).
         every_n_steps: train the linear head and add to the kNN bank on every this many training batches.
         lr: learning rate of the linear head's AdamW (no weight decay).
         k: neighbours of the kNN vote.
@@ -104,8 +106,10 @@ class OnlineProbes(pl.Callback):
         if not isinstance(batch, Mapping) or "label" not in batch:
             return None
         labels = batch["label"]
-        if labels.dim() != 1:
-            raise ValueError(f"OnlineProbes needs one integer label per sample, got labels of shape {tuple(labels.shape)}")
+        if labels.dim() != 1 or labels.is_floating_point():
+            rank_zero_warn(f"OnlineProbes: off, they need one integer label per sample (got {tuple(labels.shape)})")
+            self.num_classes = None
+            return None
         backbone = self._backbone(pl_module)
         was_training = backbone.training
         backbone.eval()  # no drop path: nothing drawn from the random state
@@ -117,8 +121,6 @@ class OnlineProbes(pl.Callback):
 
     def _build_head(self, dim: int, device: torch.device) -> None:
         classes = self.num_classes
-        if classes is None:
-            raise ValueError("OnlineProbes: set num_classes (the datamodule does not say how many classes there are)")
         with torch.random.fork_rng(devices=[]):  # the global random state stays as it was
             torch.manual_seed(self.seed)
             self.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, classes)).to(device)
@@ -136,11 +138,14 @@ class OnlineProbes(pl.Callback):
             datamodule = getattr(trainer, "datamodule", None)
             try:
                 self.num_classes = int(datamodule.num_classes) if datamodule is not None else None
-            except (AttributeError, TypeError, NotImplementedError):
+            except (AttributeError, TypeError, ValueError, NotImplementedError):
                 self.num_classes = None
+            if self.num_classes is None:
+                # a probe must never stop a pretraining run: say why it is off, once
+                rank_zero_warn("OnlineProbes: off, the number of classes is unknown (set its num_classes)")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if batch_idx % self.every_n_steps:
+        if batch_idx % self.every_n_steps or self.num_classes is None:
             return
         found = self._features(pl_module, batch)
         if found is None:
@@ -169,7 +174,7 @@ class OnlineProbes(pl.Callback):
         self._val_features, self._val_labels = [], []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or self.num_classes is None:
             return
         found = self._features(pl_module, batch)
         if found is not None:
