@@ -34,9 +34,9 @@ from .memory import MemoryAttention, MemoryEncoder
 
 __all__ = [
     "NO_OBJ_SCORE",
+    "SAM2",
     "FrameOutput",
     "HeadsOutput",
-    "SAM2",
     "SAM2Config",
     "TrackingConfig",
     "sam2_hiera_base_plus",

@@ -4,7 +4,7 @@
     predictor.set_image(image)                      # HxWx3 uint8 RGB array, or a PIL image
     masks, ious, low_res = predictor.predict(point_coords=[[x, y]], point_labels=[1])
 
-Shapes and meaning are the official ones: masks [C, H, W] (bool, or logits with ``return_logits``)
+Shapes and meaning are the official ones: masks [C, H, W] (float 0 / 1, or logits with ``return_logits``)
 at the image's size, ious [C], low-res logits [C, 256, 256] clamped to ±32 (C = 3 with
 ``multimask_output``, else 1; a leading batch dimension when several boxes are given at once).
 """
@@ -137,12 +137,10 @@ class ImagePredictor:
         """:meth:`predict` per image of :meth:`set_image_batch`; lists of its outputs."""
         self._need_image()
         outs = [[], [], []]
+        prompts = (point_coords_batch, point_labels_batch, box_batch, mask_input_batch)
         for i in range(len(self._orig_hw)):
-            pick = lambda seq: None if seq is None else seq[i]  # noqa: E731
-            result = self._predict_one(
-                pick(point_coords_batch), pick(point_labels_batch), pick(box_batch), pick(mask_input_batch),
-                multimask_output, return_logits, normalize_coords, i,
-            )
+            picked = [None if seq is None else seq[i] for seq in prompts]
+            result = self._predict_one(*picked, multimask_output, return_logits, normalize_coords, i)
             for out, value in zip(outs, result):
                 out.append(value)
         return tuple(outs)
@@ -177,8 +175,9 @@ class ImagePredictor:
         low_res = out.masks.clamp(-32.0, 32.0)
         if not return_logits:
             masks = masks > self.mask_threshold
-        as_np = lambda t: t.squeeze(0).float().cpu().numpy()  # noqa: E731
-        return as_np(masks) if return_logits else masks.squeeze(0).cpu().numpy(), as_np(out.iou), as_np(low_res)
+        # float arrays, as the official predictor returns them (binary masks as 0.0 / 1.0)
+        as_np = lambda t: t.squeeze(0).float().cpu().numpy()
+        return as_np(masks), as_np(out.iou), as_np(low_res)
 
     def _to_model_frame(self, coords: torch.Tensor, normalize: bool, index: int) -> torch.Tensor:
         """[..., 2] (x, y) in original pixels (or in [0, 1] with normalize False) → model input pixels."""
