@@ -59,9 +59,14 @@ def run_defaults(recipe: str | Path, default_root_dir: str | None = None) -> dic
             "class_path": "lightning.pytorch.loggers.WandbLogger",
             "init_args": {
                 "save_dir": run,
+                # stated, so that a switch to another logger (--trainer.logger=CSVLogger) carries it over and
+                # writes <run folder>/version_N rather than <run folder>/lightning_logs/version_N
+                "name": None,  # W&B picks a unique run name; the group gathers the recipe's runs
                 "project": PROJECT,
+                "entity": None,  # your default W&B entity (--trainer.logger.init_args.entity TEAM)
                 "group": name,
                 "tags": recipe_tags(name),
+                "id": None,  # a fixed id continues that run (unveil slurm pins one for requeues)
                 # stated: the CLI would pass resume=None, overriding WandbLogger's 'allow'
                 "resume": "allow",
             },

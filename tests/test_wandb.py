@@ -13,6 +13,7 @@ import functools
 import json
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import yaml
 from PIL import Image
 from unveil.launch.cli import main, parse_recipe
 from unveil.launch.recipes import recipes_dir
+from unveil.launch.run_defaults import run_defaults
 from unveil.pretrain import MAEPretrainModule
 from unveil.pretrain.visualize import grid_pixels, send_to_loggers
 
@@ -81,11 +83,15 @@ def recipe_with_paper_logging(folder: Path, every_n_train_steps: int | None = No
         return text[start:end]
 
     quick = (recipes_dir() / "quickstart.yaml").read_text()
-    paper = block((recipes_dir() / f"{PAPER}.yaml").read_text())
-    assert "WandbLogger" in paper and "TensorBoardLogger" in block(quick)
+    # the paper recipes take their logger and callbacks from unveil.launch.run_defaults
+    plumbing = run_defaults(recipes_dir() / f"{PAPER}.yaml")
     if every_n_train_steps is not None:
-        assert paper.count("every_n_train_steps: 1000 ") == 1
-        paper = paper.replace("every_n_train_steps: 1000 ", f"every_n_train_steps: {every_n_train_steps} ")
+        (periodic,) = [c for c in plumbing["callbacks"] if c["class_path"].endswith("PeriodicCheckpoint")]
+        assert periodic["init_args"]["every_n_train_steps"] == 1000
+        periodic["init_args"]["every_n_train_steps"] = every_n_train_steps
+    paper = "\n" + textwrap.indent(yaml.safe_dump({key: plumbing[key] for key in ("logger", "callbacks")},
+                                                   sort_keys=False), "  ").rstrip("\n")
+    assert "WandbLogger" in paper and "TensorBoardLogger" in block(quick)
     path = folder / "quickstart_wandb.yaml"
     assert quick.count("default_root_dir: runs/quickstart\n") == 1
     quick = quick.replace("default_root_dir: runs/quickstart\n", f"default_root_dir: runs/{PAPER}\n")
