@@ -98,12 +98,13 @@ def annotations_to_target(
     annotations: Sequence[dict],
     height: int,
     width: int,
-    category_to_label: dict[int, int],
+    category_to_label: dict[int, int] | None,
     keep_crowd: bool,
 ) -> dict:
     """COCO annotations of one image → a torchvision target (tv_tensors boxes and masks).
 
-    Boxes come from ``bbox`` (XYWH → XYXY, clipped to the image); annotations with an empty box are
+    Labels map ``category_id`` through ``category_to_label``, or, when it is None, are the annotations'
+    own ``label`` (shards store it). Boxes come from ``bbox`` (XYWH → XYXY, clipped to the image); annotations with an empty box are
     dropped; crowd ones unless ``keep_crowd``. Masks are decoded from polygons or RLE with pycocotools.
     """
     from pycocotools import mask as mask_utils
@@ -132,7 +133,7 @@ def annotations_to_target(
         else:
             continue
         boxes.append([x0, y0, x1, y1])
-        labels.append(category_to_label[annotation["category_id"]])
+        labels.append(category_to_label[annotation["category_id"]] if category_to_label else annotation["label"])
         masks.append(mask_utils.decode(rle))
         crowd.append(is_crowd)
         area.append(float(annotation.get("area", w * h)))
@@ -246,6 +247,59 @@ def read_categories(annotations: str | Path) -> list[str]:
     return [c["name"] for c in sorted(document["categories"], key=lambda c: c["id"])]
 
 
+# ------------------------------------------------------------------------------------------------- shards
+
+_SHARD_FIELDS = ("id", "category_id", "bbox", "area", "segmentation", "iscrowd")
+
+
+def coco_shard_items(root: str | Path, split: str = "train"):
+    """``(category names, ShardItems)`` for ``unveil shards make coco``: one item per image of ``root/split``,
+    its annotations (with their contiguous ``label``) in the item's meta, so in the shard's json entry."""
+    from pycocotools.coco import COCO
+    from unveil.datasets.shards import ShardItem
+
+    coco = _quiet_coco(COCO, Path(root) / "annotations" / f"instances_{split}.json")
+    category_ids = sorted(coco.cats)
+    label_of = {cid: i + 1 for i, cid in enumerate(category_ids)}
+    items = []
+    for image_id in sorted(coco.imgs):
+        info = coco.imgs[image_id]
+        annotations = [
+            {**{k: a[k] for k in _SHARD_FIELDS if k in a}, "label": label_of[a["category_id"]]}
+            for a in coco.imgToAnns.get(image_id, [])
+        ]
+        meta = {"image_id": image_id, "width": info["width"], "height": info["height"], "annotations": annotations}
+        items.append(ShardItem(Path(root) / split / info["file_name"], 0, info["file_name"], meta))
+    return [coco.cats[cid]["name"] for cid in category_ids], items
+
+
+class CocoShardDecoder:
+    """Shard samples of ``unveil shards make coco`` → detection samples, as :class:`CocoInstances` makes them
+    (same skipping of training images without usable annotations, counted as ``no_annotations``)."""
+
+    def __init__(self, transform: Callable | None = None, train: bool = True) -> None:
+        self.transform, self.train = transform, train
+
+    def decode(self, sample: dict) -> tuple[Image.Image, dict]:
+        from unveil.datasets.shards import IMAGE_FIELDS, _media, sample_meta
+
+        meta = sample_meta(sample)
+        target = annotations_to_target(meta["annotations"], meta["height"], meta["width"], None, not self.train)
+        if self.train and not (target["iscrowd"] == 0).any():
+            raise BadSample(NO_ANNOTATIONS, f"image {meta['image_id']} has no usable annotation")
+        _, data = _media(sample, IMAGE_FIELDS, "image")
+        with Image.open(io.BytesIO(data)) as image:
+            image = image.convert("RGB")
+        target["image_id"] = meta["image_id"]
+        return image, target
+
+    def to_sample(self, decoded: tuple[Image.Image, dict], sample: dict) -> dict:
+        from unveil.datasets.shards import sample_key
+
+        image, target = decoded
+        return make_sample(image, target, self.transform, sample_key(sample))
+
+
 class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
     """COCO-layout detection data: ``root/<split>/`` images and ``root/annotations/instances_<split>.json``
     (COCO 2017: ``train_split: train2017``, ``val_split: val2017``; ``unveil synth coco``: train, val).
@@ -262,11 +316,14 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         batch_size: training images per batch per device; val_batch_size: per validation batch.
         num_workers, pin_memory: DataLoader settings.
         max_skip_fraction, skip_log: see ``ImageDataModule``.
+        shards, val_shards: read WebDataset shards of ``unveil shards make coco`` instead of the folders
+            (``root`` may then be null); epoch_samples, resampled, shuffle_buffer, shuffle_seed: as for
+            ``ImageDataModule``.
     """
 
     def __init__(
         self,
-        root: str,
+        root: str | None = None,
         image_size: int = 1024,
         scale_range: tuple[float, float] = (0.1, 2.0),
         hflip: float = 0.5,
@@ -279,19 +336,30 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         max_skip_fraction: float | None = 0.1,
         skip_log: str | None = None,
         shuffle_seed: int = 0,
+        shards: str | list[str] | None = None,
+        val_shards: str | list[str] | None = None,
+        epoch_samples: int | None = None,
+        resampled: bool = False,
+        shuffle_buffer: int = 1000,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
         hint = f" (run 'unveil synth coco --out {root}' to generate a dataset)"
-        _require_path(owner, "root", root, hint)
-        for split in (train_split, val_split):
-            if split is not None:
-                _require_path(owner, "split", Path(root) / split, "")
-                _require_path(owner, "annotations", self._annotations(root, split), "")
+        if root is None and shards is None:
+            raise ValueError(f"{owner}: set root (COCO layout) or shards (unveil shards make coco)")
+        if root is not None:
+            _require_path(owner, "root", root, hint)
+            for split, source in ((train_split, shards), (val_split, val_shards)):
+                if split is not None and source is None:
+                    _require_path(owner, "split", Path(root) / split, "")
+                    _require_path(owner, "annotations", self._annotations(root, split), "")
         _require(owner, "image_size", image_size >= 32 and image_size % 32 == 0, "a multiple of 32", image_size)
         _require(owner, "batch_size", batch_size >= 1, ">= 1", batch_size)
         self.save_hyperparameters()
-        self._init_shards(owner, None, None, None, False, 0, shuffle_seed, max_skip_fraction, skip_log)
+        self._init_shards(
+            owner, shards, val_shards, epoch_samples, resampled, shuffle_buffer, shuffle_seed, max_skip_fraction,
+            skip_log,
+        )
         self.root, self.image_size, self.scale_range, self.hflip = root, image_size, tuple(scale_range), hflip
         self.train_split, self.val_split = train_split, val_split
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
@@ -300,13 +368,19 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         self.val_set: CocoInstances | None = None
 
     collate_fn = staticmethod(detection_collate)
+    _shard_collate = staticmethod(detection_collate)
+
+    def _shard_decoder(self, train: bool) -> CocoShardDecoder:
+        if train:
+            return CocoShardDecoder(lsj_transform(self.image_size, self.scale_range, self.hflip), train=True)
+        return CocoShardDecoder(None, train=False)
 
     @staticmethod
     def _annotations(root: str | Path, split: str) -> Path:
         return Path(root) / "annotations" / f"instances_{split}.json"
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is None:
+        if self.train_set is None and self.shards is None:
             self.train_set = CocoInstances(
                 Path(self.root) / self.train_split,
                 self._annotations(self.root, self.train_split),
@@ -314,7 +388,7 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
                 train=True,
             )
             self._limit_skips(self.train_set)
-        if self.val_set is None and self.val_split is not None:
+        if self.val_set is None and self.val_split is not None and self.val_shards is None and self.root:
             self.val_set = CocoInstances(
                 Path(self.root) / self.val_split, self._annotations(self.root, self.val_split), None, train=False
             )
@@ -322,4 +396,6 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
+        if self.shards is not None:
+            return self._shard_num_classes()
         return len(read_categories(self._annotations(self.root, self.train_split)))

@@ -67,7 +67,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 log = logging.getLogger("unveil.datasets")
 
 INDEX_FORMAT = "unveil-shards/1"
-KINDS = ("images", "videos", "audio", "audio-video")
+KINDS = ("images", "videos", "audio", "audio-video", "coco")
 """The sources ``make_shards`` converts."""
 
 IMAGE_FIELDS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)  # jpeg, jpg, png, bmp, webp, tif, tiff
@@ -449,6 +449,7 @@ _ENCODERS: dict[str, Callable[[ShardItem, EncodeOptions], dict[str, bytes]]] = {
     "videos": _encode_video,
     "audio": _encode_audio,
     "audio-video": _encode_audio_video,
+    "coco": _encode_image,  # detection (issue 14): the image, its annotations in the json entry
 }
 
 
@@ -684,7 +685,16 @@ _SOURCES: dict[str, Callable] = {
     "videos": lambda root, split, csv, class_index: video_items(root, split, csv),
     "audio": audio_items,
     "audio-video": audio_video_items,
+    "coco": lambda root, split, csv, class_index: coco_items(root, split),  # detection (issue 14)
 }
+
+
+def coco_items(root: str | Path, split: str = "train") -> tuple[list[str], list[ShardItem]]:
+    """Detection (issue 14): the images of ``root/split`` with their COCO annotations
+    (``root/annotations/instances_<split>.json``); see ``unveil.datasets.coco.coco_shard_items``."""
+    from unveil.datasets.coco import coco_shard_items
+
+    return coco_shard_items(root, split)
 
 # ===================================================================================== reading: decoders
 

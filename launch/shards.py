@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a folder/CSV dataset into size-limited tar shards and an index",
         description="Convert a folder/CSV dataset into size-limited tar shards plus an index (resumable).",
     )
-    make.add_argument("kind", choices=("images", "videos", "audio", "audio-video"))
+    make.add_argument("kind", choices=("images", "videos", "audio", "audio-video", "coco"))
     make.add_argument("--out", required=True, help="folder for the shards and the index")
     make.add_argument("--root", help="dataset folder (folder layout), and the base of relative CSV paths")
     make.add_argument("--split", default="train", help="split sub-folder of --root (default: train)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -155,7 +154,6 @@ def test_hiera_mask_rcnn_trains_and_predicts(execution, neck):
 
 def test_aligned_roi_align_is_torchvisions_with_the_half_pixel_offset():
     from torchvision.ops import MultiScaleRoIAlign, roi_align
-
     from unveil.models.detection import AlignedMultiScaleRoIAlign
 
     features = {"0": torch.randn(1, 4, 32, 32), "1": torch.randn(1, 4, 16, 16)}
@@ -247,7 +245,6 @@ def test_torchmetrics_ap_equals_pycocotools_cocoeval(coco_dir):
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-
     from unveil.datasets.coco import CocoInstances
     from unveil.finetune.detection import DetectionFineTune, metric_inputs
 
@@ -312,7 +309,7 @@ def test_windowed_backbone_from_a_sam2_trunk_state_dict_equals_sam2(resolution):
         official_trunk.pos_embed_window.normal_(std=0.02)
     checkpoint = {f"image_encoder.trunk.{k}": v for k, v in official_trunk.state_dict().items()}
     checkpoint["image_encoder.neck.convs.0.conv.weight"] = torch.zeros(1)  # the rest of a SAM 2 checkpoint
-    state, report = to_official(checkpoint)
+    state, _ = to_official(checkpoint)
     backbone = HieraBackbone("tiny", "windowed").eval()
     backbone.trunk.load_state_dict(state, strict=True)
     x = torch.randn(1, 3, resolution, resolution)
@@ -350,4 +347,31 @@ def test_quickstart_hieradet_chain_through_the_cli(tmp_path):
     assert "trunk keys loaded" in result.stdout
     run = next(tmp_path.glob("runs/quickstart_hieradet/version_*"))
     assert list((run / "detections").glob("*.png"))
-    assert math.isfinite(1.0)
+
+
+def test_coco_shards_give_the_samples_of_the_folder(coco_dir, tmp_path):
+    """`unveil shards make coco` then the DataModule on shards: the same images and targets as the folder."""
+    from unveil.datasets.coco import CocoDataModule, CocoInstances
+
+    for split in ("train", "val"):
+        result = subprocess.run(
+            [str(UNVEIL), "shards", "make", "coco", "--root", str(coco_dir), "--split", split, "--out",
+             str(tmp_path / "shards"), "--quiet"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+    data = CocoDataModule(shards=str(tmp_path / "shards" / "train.json"), val_shards=str(tmp_path / "shards" / "val.json"),
+                          image_size=64, batch_size=2, num_workers=0)
+    assert data.num_classes == 8
+    folder = CocoInstances(coco_dir / "val", coco_dir / "annotations" / "instances_val.json", None, train=False)
+    expected = {folder[i]["key"]: folder[i] for i in range(len(folder))}
+    seen = 0
+    for batch in data.val_dataloader():
+        for image, target, key in zip(batch["image"], batch["target"], batch["key"]):
+            torch.testing.assert_close(image, expected[key]["image"])
+            for field in ("boxes", "labels", "masks", "iscrowd", "area"):
+                torch.testing.assert_close(target[field], expected[key]["target"][field])
+            seen += 1
+    assert seen == len(folder)
+    batch = next(iter(data.train_dataloader()))
+    assert [tuple(image.shape) for image in batch["image"]] == [(3, 64, 64)] * 2
