@@ -9,6 +9,7 @@ decoding). The non-slow CLI test runs ``quickstart_finetune`` on a small export,
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -352,6 +353,36 @@ def test_class_balanced_epochs_follow_audiomaes_gen_weight(tmp_path):
                                    balanced_samples=4)
     batches = list(data.train_dataloader())
     assert len(batches) == 2 and batches[0]["fbank"].shape == (2, 1, 100, 128)
+
+
+# ---------------------------------------------------------------------------------------- recipes
+
+from unveil.launch.recipes import recipes_dir, shipped_recipes  # noqa: E402
+
+EVAL_RECIPES = [r.name for r in shipped_recipes() if r.name.startswith(("finetune_", "linprobe_"))]
+CITED = re.compile(r"Hiera (Table 1[14]b|Sec\. 4)|MAE-ST|AudioMAE|\bMAE\b|official code|infrastructure|ImageNet-1K|"
+                   r"Kinetics-400|AudioSet|VGGSound|MAViL released|as recipes/|the encoder's input")
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|\[[\d.,\s eE+-]+\]")
+UNCITED_KEYS = {"seed_everything", "num_workers", "val_batch_size"}
+
+
+def test_evaluation_recipes_are_shipped_and_cite_every_value():
+    sizes = ["t", "s", "b", "bplus", "l", "h"]
+    expected = {f"finetune_hiera_{s}_in1k" for s in sizes} | {f"linprobe_hiera_{s}_in1k" for s in sizes}
+    expected |= {f"finetune_hiera_{s}_16x224_k400" for s in ["b", "bplus", "l", "h"]}
+    expected |= {"finetune_mavil_audio_as2m", "finetune_mavil_audio_as20k", "finetune_mavil_vggsound"}
+    assert expected <= set(EVAL_RECIPES)
+    missing = []
+    for name in EVAL_RECIPES:
+        for number, line in enumerate((recipes_dir() / f"{name}.yaml").read_text().splitlines(), start=1):
+            code, _, comment = line.partition("#")
+            match = re.match(r"^\s*-?\s*(?P<key>[\w.]+)\s*:\s*(?P<value>.+?)\s*$", code)
+            if match and match["key"] not in UNCITED_KEYS and NUMBER.fullmatch(match["value"]):
+                if not CITED.search(comment):
+                    missing.append(f"{name}.yaml:{number}: {line.strip()}")
+    assert not missing, "values without a source:\n" + "\n".join(missing)
+    for name in ("quickstart_finetune", "quickstart_linprobe", "quickstart_finetune_mavil"):
+        assert "not paper values" in (recipes_dir() / f"{name}.yaml").read_text().splitlines()[0]
 
 
 # ---------------------------------------------------------------------------------------- the README chain
