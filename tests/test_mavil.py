@@ -100,7 +100,7 @@ def test_patchify_follows_the_patch_embedding_token_order(modality):
 def test_default_geometry_vit_s():
     model = mavil_vit_small_patch16(decoder_depth=1)
     assert (model.num_audio_tokens, model.num_video_tokens) == (512, 784)  # 64x8 and 4x14x14
-    assert model.embed_dim == 384 and len(model.audio_encoder.blocks) == 12 and model.num_fusion_layers == 3
+    assert model.embed_dim == 384 and len(model.audio_encoder.blocks) == 12 and model.num_fusion_layers == 2
     masks = model.sample_masks(1)
     assert int(masks.audio.sum()) == 102 and int(masks.video.sum()) == 78  # floor(512 x 0.2), floor(784 x 0.1)
     with torch.no_grad():

@@ -33,9 +33,9 @@ def build_strategy(config):
 
 
 def test_presets_are_shipped_and_resolve_by_name():
-    assert [p.name for p in shipped_presets()] == ["presets/bf16", "presets/ddp", "presets/fsdp"]
+    assert [p.name for p in shipped_presets()] == ["presets/abswin", "presets/bf16", "presets/ddp", "presets/fsdp"]
     assert all(p.description.startswith("Preset:") for p in shipped_presets())
-    assert resolve_recipe("presets/fsdp") == resolve_recipe("presets/fsdp.yaml") == shipped_presets()[2].path
+    assert resolve_recipe("presets/fsdp") == resolve_recipe("presets/fsdp.yaml") == shipped_presets()[3].path
     assert "presets/fsdp" not in [r.name for r in shipped_recipes()]  # partial configs are no recipes
     with pytest.raises(RecipeNotFoundError):
         resolve_recipe("presets/../quickstart")
