@@ -11,6 +11,8 @@ encoders) and report:
   macro ``MultilabelAveragePrecision``: what AudioMAE's ``util/stat.py`` averages), and a per-class AP bar
   picture (``val/per_class_ap``).
 
+``unveil test`` (``trainer.test``) logs the same under ``test/``.
+
 Scores of the several views of one video (``VideoDataModule(val_views=...)``: temporal clips × spatial crops,
 as MAE-ST tests) arrive next to each other under one ``key`` and are averaged per video before the metrics.
 
@@ -308,9 +310,21 @@ class _ClassificationModule(pl.LightningModule):
         return F.cross_entropy(logits.float(), labels)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test")
+
+    def _evaluate(self, batch: dict, stage: str) -> None:
         logits = self.logits(batch)
         labels = self._targets(batch["label"])
-        self.log("val/loss", self._eval_loss(logits, labels), prog_bar=True, sync_dist=True,
+        self.log(f"{stage}/loss", self._eval_loss(logits, labels), prog_bar=True, sync_dist=True,
                  batch_size=labels.shape[0])
         scores, labels = average_views(self._scores(logits), labels, batch.get("key"))
         target = labels.long() if self.multi_label else labels
@@ -320,18 +334,19 @@ class _ClassificationModule(pl.LightningModule):
         else:
             self.val_confusion.update(scores, target)
 
-    def on_validation_epoch_end(self) -> None:
+    def _finish_evaluation(self, stage: str) -> None:
+        """Log the metrics of the epoch's evaluation (``val/`` or ``test/``) and its picture, then reset."""
         values = self.val_metrics.compute()
-        self.log_dict({f"val/{name}": value for name, value in values.items()}, prog_bar=True)
+        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=True)
         self.val_metrics.reset()
         if self.multi_label:
             per_class = self.val_class_ap.compute()
             self.val_class_ap.reset()
-            picture, tag = _bars(per_class), "val/per_class_ap"
+            picture, tag = _bars(per_class), f"{stage}/per_class_ap"
         else:
             matrix = self.val_confusion.compute()
             self.val_confusion.reset()
-            picture, tag = _heatmap(matrix, max(2, 256 // self.num_classes)), "val/confusion_matrix"
+            picture, tag = _heatmap(matrix, max(2, 256 // self.num_classes)), f"{stage}/confusion_matrix"
         self.last_picture = picture
         if self.log_pictures and not self.trainer.sanity_checking and self.trainer.is_global_zero:
             self._send_picture(tag, picture)

@@ -277,7 +277,8 @@ def test_linear_probe_trains_only_its_head(mae):
 
 
 def test_one_hot_labels_and_classes_from_the_data(mavil):
-    """Audio DataModules give one-hot float labels; without num_classes the model is built from the data's."""
+    """Audio DataModules give one-hot float labels; without num_classes the model is built from the data's;
+    ``trainer.test`` logs the same metrics under ``test/``."""
 
     class Data(pl.LightningDataModule):
         num_classes = 4
@@ -287,6 +288,8 @@ def test_one_hot_labels_and_classes_from_the_data(mavil):
 
         def val_dataloader(self):
             return DataLoader(OneHot(8, video=(3, 4, 32, 32)), batch_size=4)
+
+        test_dataloader = val_dataloader
 
     class OneHot(Samples):
         def __getitem__(self, index):
@@ -299,6 +302,8 @@ def test_one_hot_labels_and_classes_from_the_data(mavil):
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=Data())
     assert module.num_classes == 4 and "val/top1" in trainer.callback_metrics
+    (tested,) = trainer.test(module, datamodule=Data(), verbose=False)  # `unveil test`: the same metrics
+    assert {"test/top1", "test/top5", "test/loss"} <= set(tested)
 
 
 def test_multi_view_validation_takes_evenly_spread_windows_and_crops(tmp_path):
