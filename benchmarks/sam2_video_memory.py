@@ -104,7 +104,11 @@ def main() -> None:
                    "--track", str(track), "--size", str(args.size), "--model", args.model]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
-                print(f"{which}: failed\n{out.stderr[-2000:]}")
+                if out.returncode < 0:  # e.g. -9: the kernel's OOM killer
+                    print(f"{which}: killed by signal {-out.returncode} (out of memory?)")
+                else:
+                    errors = [line for line in out.stderr.splitlines() if "it/s]" not in line and "s/it]" not in line]
+                    print(f"{which}: failed\n" + "\n".join(errors[-20:]))
                 continue
             results[which] = json.loads(out.stdout.strip().splitlines()[-1])
             r = results[which]
