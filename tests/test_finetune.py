@@ -276,6 +276,23 @@ def test_linear_probe_trains_only_its_head(mae):
         id(p) for p in module.head.parameters()}
 
 
+def test_pictures_reach_tensorboard(mavil, tmp_path):
+    """The per-class AP bars of a multi-label probe are in the TensorBoard event file after validation."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    module = LinearProbe(str(mavil[1]), modality="audio", num_classes=4, multi_label=True, lr=1.0, warmup_steps=0)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=TensorBoardLogger(tmp_path, name=""),
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, val_check_interval=2, check_val_every_n_epoch=None)
+    data = Samples(8, multi_label=True, fbank=(1, 64, 128))
+    trainer.fit(module, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+    events = EventAccumulator(str(tmp_path / "version_0"))
+    events.Reload()
+    assert "val/per_class_ap" in events.Tags()["images"] and "val/mAP" in events.Tags()["scalars"]
+    assert module.last_picture.shape == (3, 128, 4 * 6)  # one 6-px bar per class
+
+
 def test_one_hot_labels_and_classes_from_the_data(mavil):
     """Audio DataModules give one-hot float labels; without num_classes the model is built from the data's;
     ``trainer.test`` logs the same metrics under ``test/``."""
