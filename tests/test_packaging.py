@@ -17,7 +17,7 @@ def test_wheel_holds_only_the_unveil_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"unveil"}, top
-    for sub in ("models", "datasets", "pretrain", "finetune", "launch"):
+    for sub in ("models", "datasets", "pretrain", "finetune", "common", "launch"):
         assert f"unveil/{sub}/__init__.py" in names
     recipes = [n for n in names if n.startswith("unveil/recipes/") and n.endswith(".yaml")]
     assert "unveil/recipes/quickstart.yaml" in recipes
