@@ -394,6 +394,28 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             )
             self._limit_skips(self.val_set)
 
+    def val_dataloader(self):
+        """Validation images split among DDP ranks without the padding repeats of a ``DistributedSampler``
+        (Lightning keeps a sampler that is one), so that COCO AP, gathered over the ranks, counts each image
+        once."""
+        if self.val_shards is not None or self.val_split is None:
+            return super().val_dataloader()
+        self.setup()
+        rank, world_size = self._rank_and_world_size()
+        if world_size == 1:
+            return self._loader(self.val_set, train=False)
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+        from torch.utils.data import DataLoader
+
+        return DataLoader(
+            self.val_set,
+            batch_size=self.val_batch_size or self.batch_size,
+            sampler=UnrepeatedDistributedSampler(self.val_set, num_replicas=world_size, rank=rank, shuffle=False),
+            num_workers=self.num_workers,
+            collate_fn=detection_collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
     @property
     def num_classes(self) -> int:
         if self.shards is not None:

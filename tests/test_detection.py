@@ -375,3 +375,19 @@ def test_coco_shards_give_the_samples_of_the_folder(coco_dir, tmp_path):
     assert seen == len(folder)
     batch = next(iter(data.train_dataloader()))
     assert [tuple(image.shape) for image in batch["image"]] == [(3, 64, 64)] * 2
+
+
+def test_validation_under_ddp_sees_each_image_once(coco_dir):
+    """COCO AP gathered over ranks must count every validation image once: no DistributedSampler padding."""
+    from unveil.datasets.coco import CocoDataModule
+
+    class FakeTrainer:
+        world_size, global_rank = 3, 0
+
+    data = CocoDataModule(str(coco_dir), image_size=64, batch_size=1, num_workers=0)
+    data.trainer = FakeTrainer()
+    indices = []
+    for rank in range(3):
+        FakeTrainer.global_rank = rank
+        indices += list(iter(data.val_dataloader().sampler))
+    assert sorted(indices) == list(range(4))
