@@ -117,6 +117,10 @@ class OnlineProbes(pl.Callback):
             features = pooled_features(backbone, batch_input(batch, self.input_key))
         finally:
             backbone.train(was_training)
+        if features.shape[0] != labels.shape[0]:
+            rank_zero_warn(f"OnlineProbes: off, {features.shape[0]} inputs but {labels.shape[0]} labels in a batch")
+            self.num_classes = None
+            return None
         return features.detach().float(), labels.long()
 
     def _build_head(self, dim: int, device: torch.device) -> None:
