@@ -75,5 +75,7 @@ class SAM2Frames:
                 pixels = np.array(image.convert("RGB").resize((self.image_size, self.image_size)))
             x = torch.from_numpy(pixels / 255.0).permute(2, 0, 1).float()
         else:
-            x = torch.from_numpy(self._reader[index].asnumpy()).permute(2, 0, 1).float() / 255.0
+            frame = self._reader[index]  # NDArray, or a tensor where decord's bridge is set to torch
+            frame = frame if isinstance(frame, torch.Tensor) else torch.from_numpy(frame.asnumpy())
+            x = frame.permute(2, 0, 1).float() / 255.0
         return (x - self.mean) / self.std

@@ -199,7 +199,8 @@ def _original_frames(source: Path, count: int):
 
     reader = decord.VideoReader(str(source), num_threads=1)
     for i in range(count):
-        yield reader[i].asnumpy()
+        frame = reader[i]
+        yield frame.numpy() if isinstance(frame, torch.Tensor) else frame.asnumpy()
 
 
 def _write_overlays(source: Path, state, results: dict[int, np.ndarray], out: Path) -> None:
