@@ -17,7 +17,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from unveil.models import MaskedAutoencoderHiera
+from unveil.models.hiera import unit_indices
 from unveil.pretrain.checkpoints import record_architecture
+from unveil.pretrain.compiled import CompiledTraining
 from unveil.pretrain.optim import WarmupCosineAdamW
 from unveil.pretrain.resume import (
     global_batch_mask,
@@ -39,7 +41,7 @@ INPUT_KEYS: tuple[str, ...] = ("video", "image")
 """Batch keys the module reads its input from, in order of preference, when ``input_key`` is not set."""
 
 
-class MAEPretrainModule(ReconstructionPictures, WarmupCosineAdamW, pl.LightningModule):
+class MAEPretrainModule(ReconstructionPictures, CompiledTraining, WarmupCosineAdamW, pl.LightningModule):
     """Masked-autoencoder pretraining of a ``MaskedAutoencoderHiera`` on image or video batches.
 
     Args:
@@ -64,6 +66,8 @@ class MAEPretrainModule(ReconstructionPictures, WarmupCosineAdamW, pl.LightningM
         vis_seed: seed of the fixed picture mask and of validation masks.
         display_mean: channel mean to undo for display; default: the datamodule's ``mean``, else ImageNet's.
         display_std: channel std to undo for display; default: the datamodule's ``std``, else ImageNet's.
+        compile: run the training forward through ``torch.compile`` (static shapes, one graph; see
+            ``unveil.pretrain.compiled``). The first step pays the compilation (minutes for Hiera-B on a CPU).
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class MAEPretrainModule(ReconstructionPictures, WarmupCosineAdamW, pl.LightningM
         vis_seed: int = 0,
         display_mean: tuple[float, float, float] | None = None,
         display_std: tuple[float, float, float] | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         if input_key is not None and input_key not in INPUT_KEYS:
@@ -100,6 +105,7 @@ class MAEPretrainModule(ReconstructionPictures, WarmupCosineAdamW, pl.LightningM
         self.vis_seed = vis_seed
         self.display_mean = display_mean
         self.display_std = display_std
+        self._init_compile(compile)
 
         # Filled in at fit time.
         self.samples_per_sec = SamplesPerSecond()
@@ -126,13 +132,20 @@ class MAEPretrainModule(ReconstructionPictures, WarmupCosineAdamW, pl.LightningM
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = self.get_input(batch)
+        if self.skips_batch(x.shape[0]):  # compile: a partial batch would recompile
+            return None
         if self._pictures_enabled() and self._vis_input is None:
             self._init_pictures(x)
         # Masks and drop path depend on (run seed, epoch, batch) only: a resumed run draws what the
         # uninterrupted one drew, and the masks of R ranks with batch b are those of 1 process with R * b.
         with step_rng(self, batch_idx, x.device):
-            out = self.model(x, mask=self.training_mask(x, batch_idx))
+            # kept-unit indices, taken outside the (possibly compiled) forward: its shapes stay static
+            mask = unit_indices(self.training_mask(x, batch_idx))
+            out = self.train_model(x, mask=mask)
+        # rank-local per step (no all-reduce on the step's critical path); the epoch mean is reduced once
         self.log("train/loss", out.loss, prog_bar=True, batch_size=x.shape[0])
+        self.log("train/loss_epoch", out.loss.detach(), on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=x.shape[0])
         self.log("train/lr", self._current_lr(), prog_bar=False, batch_size=x.shape[0])
         self.samples_per_sec.log(self, x.shape[0])
         return out.loss

@@ -31,6 +31,7 @@ import torch
 from torchvision.utils import make_grid
 from unveil.models.mavil import MAViL, MAViLMasks, MAViLOutput, masked_mse
 from unveil.pretrain.checkpoints import record_architecture
+from unveil.pretrain.compiled import CompiledTraining
 from unveil.pretrain.contrastive import retrieval_recall, symmetric_info_nce
 from unveil.pretrain.optim import WarmupCosineAdamW
 from unveil.pretrain.resume import restore_train_loader_position, seeded_rng, step_rng
@@ -123,7 +124,7 @@ def _load_teacher(teacher: MAViL, path: str | Path) -> None:
 # ---------------------------------------------------------------------------------------- shared base
 
 
-class _MAViLModule(WarmupCosineAdamW, pl.LightningModule):
+class _MAViLModule(CompiledTraining, WarmupCosineAdamW, pl.LightningModule):
     """What both stages share: the optimiser and schedule, batch parsing, contrastive terms, retrieval."""
 
     model: MAViL
@@ -146,6 +147,7 @@ class _MAViLModule(WarmupCosineAdamW, pl.LightningModule):
         retrieval_ks: Sequence[int],
         vis_seed: int,
         base_batch_size: int = 256,
+        compile: bool = False,
     ) -> None:
         if inter_weight < 0 or intra_weight < 0:
             raise ValueError("loss weights must be >= 0")
@@ -153,6 +155,7 @@ class _MAViLModule(WarmupCosineAdamW, pl.LightningModule):
             raise ValueError("temperatures must be > 0")
         self._init_optimizer(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr,
                              base_batch_size=base_batch_size)
+        self._init_compile(compile)
         self.inter_weight, self.intra_weight = inter_weight, intra_weight
         self.inter_temperature, self.intra_temperature = inter_temperature, intra_temperature
         self.gather_negatives = gather_negatives
@@ -202,6 +205,15 @@ class _MAViLModule(WarmupCosineAdamW, pl.LightningModule):
             total = total + self.intra_weight * (losses["intra_audio"] + losses["intra_video"])
         return total
 
+    def run_model(self, fbank: torch.Tensor, video: torch.Tensor, masks: MAViLMasks | None = None) -> MAViLOutput:
+        """The model's forward, with random masks drawn here (the draw the model would make) as visible-token
+        indices, so that the forward has static shapes; compiled in training when ``compile`` is set."""
+        if masks is None:
+            masks = self.model.sample_masks(fbank.shape[0], fbank.device, second_view=self.wants_second_view,
+                                            as_indices=True)
+        model = self.train_model if self.training else self.model
+        return model(fbank, video, masks=masks, second_view=self.wants_second_view)
+
     def compute_losses(self, batch: Mapping[str, torch.Tensor], masks: MAViLMasks | None = None) -> dict:
         raise NotImplementedError
 
@@ -216,12 +228,17 @@ class _MAViLModule(WarmupCosineAdamW, pl.LightningModule):
         self.samples_per_sec.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.skips_batch(batch["fbank"].shape[0]):  # compile: a partial batch would recompile
+            return None
         # Masks and drop path depend on (run seed, epoch, batch, rank) only, so a resumed run draws the same.
         with step_rng(self, batch_idx, batch["fbank"].device):
             losses = self.compute_losses(batch)
         size = batch["fbank"].shape[0]
+        # rank-local per step (no all-reduce on the step's critical path); the epoch mean is reduced once
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=size)
+        self.log("train/loss_epoch", losses["loss"].detach(), on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=size)
         if self._trainer is not None and self.trainer.optimizers:
             self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), batch_size=size)
         if self._trainer is not None:
@@ -321,6 +338,8 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
         vis_seed: seed of the picture masks and the validation masks.
         display_mean, display_std: video normalisation to undo for display (default: the datamodule's, else
             ImageNet's).
+        compile: run the training forward through ``torch.compile`` (static shapes, one graph; see
+            ``unveil.pretrain.compiled``).
     """
 
     def __init__(
@@ -348,6 +367,7 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
         vis_seed: int = 0,
         display_mean: tuple[float, float, float] | None = None,
         display_std: tuple[float, float, float] | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         if model.target_dim is not None:
@@ -359,7 +379,7 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
         self.save_hyperparameters(ignore=["model"])
         self._init_training(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr,
                             inter_weight, intra_weight, inter_temperature, intra_temperature, gather_negatives,
-                            retrieval_ks, vis_seed, base_batch_size=base_batch_size)
+                            retrieval_ks, vis_seed, base_batch_size=base_batch_size, compile=compile)
         self.audio_reconstruction_weight = audio_reconstruction_weight
         self.video_reconstruction_weight = video_reconstruction_weight
         self.log_images_every_n_steps = log_images_every_n_steps
@@ -377,7 +397,7 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
     def compute_losses(self, batch: Mapping[str, torch.Tensor], masks: MAViLMasks | None = None) -> dict:
         """Every loss term and their weighted sum ``loss``, for a batch (``masks`` overrides random masks)."""
         fbank, video, audio_valid = self.unpack(batch)
-        out = self.model(fbank, video, masks=masks, second_view=self.wants_second_view)
+        out = self.run_model(fbank, video, masks)
         audio_target, video_target = self.model.pixel_targets(fbank, video)
         losses = {
             "recon_audio": masked_mse(out.audio_pred, audio_target, out.masks.audio, audio_valid),
@@ -501,6 +521,7 @@ class MAViLSelfTrainModule(_MAViLModule):
         gather_negatives: bool = True,
         retrieval_ks: tuple[int, ...] = (1, 5),
         vis_seed: int = 0,
+        compile: bool = False,
     ):
         super().__init__()
         if audio_feature_weight < 0 or video_feature_weight < 0:
@@ -537,7 +558,7 @@ class MAViLSelfTrainModule(_MAViLModule):
         self.video_feature_weight = video_feature_weight
         self._init_training(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr,
                             inter_weight, intra_weight, inter_temperature, intra_temperature, gather_negatives,
-                            retrieval_ks, vis_seed, base_batch_size=base_batch_size)
+                            retrieval_ks, vis_seed, base_batch_size=base_batch_size, compile=compile)
 
     @property
     def teacher(self) -> MAViL:
@@ -565,7 +586,7 @@ class MAViLSelfTrainModule(_MAViLModule):
     def compute_losses(self, batch: Mapping[str, torch.Tensor], masks: MAViLMasks | None = None) -> dict:
         fbank, video, audio_valid = self.unpack(batch)
         audio_target, video_target = self.teacher_targets(fbank, video)
-        out = self.model(fbank, video, masks=masks, second_view=self.wants_second_view)
+        out = self.run_model(fbank, video, masks)
         losses = {
             "feature_audio": masked_mse(out.audio_pred, audio_target, out.masks.audio, audio_valid),
             "feature_video": masked_mse(out.video_pred, video_target, out.masks.video),

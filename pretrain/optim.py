@@ -89,6 +89,32 @@ def weight_decay_param_groups(
     return groups
 
 
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` with the fastest implementation torch has for the parameters' device.
+
+    The fused kernel (one kernel for all parameters: CUDA, CPU, XPU, MPS, ... as torch supports) where torch
+    accepts ``fused=True``, else the multi-tensor ``foreach`` one, else the per-parameter loop. All three compute
+    the same update; ``implementation(optimizer)`` says which was chosen. ``kwargs`` are AdamW's (lr, betas, ...).
+    """
+    groups = list(params)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        pass
+    try:
+        return torch.optim.AdamW(groups, foreach=True, **kwargs)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(groups, foreach=False, **kwargs)
+
+
+def implementation(optimizer: torch.optim.Optimizer) -> str:
+    """'fused', 'foreach' or 'for-loop': the implementation an optimiser from :func:`adamw` runs."""
+    defaults = optimizer.defaults
+    if defaults.get("fused"):
+        return "fused"
+    return "foreach" if defaults.get("foreach") else "for-loop"
+
+
 def warmup_cosine_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr: float = 0.0
 ) -> CosineLRScheduler:
@@ -227,7 +253,8 @@ class WarmupCosineAdamW:
             warmup = min(warmup, int(total_steps))
         # Only self.model: a frozen teacher (MAViL stage 2) is not a submodule and never reaches the optimiser.
         groups = weight_decay_param_groups(self.model, self.weight_decay, no_decay_names=self.no_decay_names)
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.betas)
+        optimizer = adamw(groups, lr=lr, betas=self.betas)
+        rank_zero_info(f"{name}: AdamW, {implementation(optimizer)} implementation")
         scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup, self.min_lr)
         rank_zero_info(f"{name}: {int(total_steps)} optimiser steps, {warmup} of warmup")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
