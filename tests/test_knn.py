@@ -135,6 +135,18 @@ def test_unveil_knn_command_on_an_export(tmp_path):
     random = unveil("knn", "tiny.pt", "--data", "data/shapes", "--input-size", "64", "--random-init", cwd=tmp_path)
     assert random.returncode == 0 and "random init" in random.stdout
 
+    # a pretraining checkpoint (as MAEPretrainModule saves it: model.* weights and the recorded architecture)
+    from unveil.common.checkpoints import ARCHITECTURE_KEY
+    from unveil.models import MaskedAutoencoderHiera
+
+    mae = MaskedAutoencoderHiera(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 1, 1),
+                                 decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=1)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in mae.state_dict().items()}, "global_step": 3,
+                ARCHITECTURE_KEY: architecture_of(mae).as_dict()}, tmp_path / "last.ckpt")
+    from_ckpt = unveil("knn", "last.ckpt", "--data", "data/shapes", "--input-size", "64", "--k", "20", cwd=tmp_path)
+    assert from_ckpt.returncode == 0, from_ckpt.stderr[-2000:]
+    assert "'last.ckpt'" in from_ckpt.stdout and "k=20" in from_ckpt.stdout
+
     missing = unveil("knn", "nothing.pt", "--data", "data/shapes", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "nothing.pt" in missing.stderr
     no_data = unveil("knn", "tiny.pt", "--data", "elsewhere", cwd=tmp_path)
