@@ -24,10 +24,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 from unveil.common.distributed import world_size
 
-__all__ = ["SAM2LossWeights", "SAM2Loss", "StepPredictions", "mean_object_count"]
+__all__ = ["SAM2Loss", "SAM2LossWeights", "StepPredictions", "mean_object_count"]
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,10 @@ class SAM2Loss(nn.Module):
                 f"SAM2Loss: targets must be [T, N, H, W] with T = {len(frames)} frames, got {tuple(targets.shape)}"
             )
         num_objects = mean_object_count(targets.shape[1], targets.device)
-        totals = {name: targets.new_zeros((), dtype=torch.float32) for name in ("focal", "dice", "iou", "object_score")}
+        totals = {
+            name: targets.new_zeros((), dtype=torch.float32)
+            for name in ("focal", "dice", "iou", "object_score")
+        }
         for preds, frame_target in zip(frames, targets):
             target = frame_target.float().unsqueeze(1)  # [N, 1, H, W]
             present = (frame_target.flatten(1) > 0).any(-1).float()  # [N]

@@ -5,7 +5,6 @@ import types
 
 import pytest
 import torch
-
 from unveil.finetune.sam2_losses import SAM2Loss, StepPredictions
 
 
@@ -51,7 +50,11 @@ def _case(frames: int, objects: int, steps: list[int], multimask: list[int], siz
         scores = [torch.randn(objects, 1) * 2 for _ in range(steps[t])]
         ours.append(StepPredictions(masks=masks, ious=ious, object_score_logits=scores))
         official.append(
-            {"multistep_pred_multimasks_high_res": masks, "multistep_pred_ious": ious, "multistep_object_score_logits": scores}
+            {
+                "multistep_pred_multimasks_high_res": masks,
+                "multistep_pred_ious": ious,
+                "multistep_object_score_logits": scores,
+            }
         )
     return ours, official, targets
 
@@ -72,12 +75,16 @@ def test_loss_matches_official(frames, objects, steps, multimask):
     names = {"focal": "loss_mask", "dice": "loss_dice", "iou": "loss_iou", "object_score": "loss_class"}
     for mine, theirs in names.items():
         assert abs(ours[mine].item() - float(official[theirs])) <= 1e-6, (mine, ours[mine], official[theirs])
-    assert abs(ours["loss"].item() - official["core_loss"].item()) <= 1e-6 * max(1.0, abs(official["core_loss"].item()))
+    assert abs(ours["loss"].item() - official["core_loss"].item()) <= 1e-6 * max(
+        1.0, abs(official["core_loss"].item())
+    )
 
 
 def test_loss_gradients_match_official():
     ours_in, official_in, targets = _case(3, 2, [2, 1, 1], [3, 1, 1])
-    leaves = [m.requires_grad_() for p in ours_in for m in p.masks] + [i.requires_grad_() for p in ours_in for i in p.ious]
+    leaves = [m.requires_grad_() for p in ours_in for m in p.masks] + [
+        i.requires_grad_() for p in ours_in for i in p.ious
+    ]
     SAM2Loss()(ours_in, targets)["loss"].backward()
     ours_grads = [leaf.grad.clone() for leaf in leaves]
     for leaf in leaves:
@@ -90,7 +97,10 @@ def test_loss_gradients_match_official():
 def test_absent_object_gets_only_object_score_loss():
     """An object absent from every frame contributes no mask/IoU loss, whatever its logits."""
     targets = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
-    preds = [StepPredictions([torch.randn(1, 3, 8, 8) * 5], [torch.rand(1, 3)], [torch.zeros(1, 1)]) for _ in range(2)]
+    preds = [
+        StepPredictions([torch.randn(1, 3, 8, 8) * 5], [torch.rand(1, 3)], [torch.zeros(1, 1)])
+        for _ in range(2)
+    ]
     out = SAM2Loss()(preds, targets)
     assert out["focal"] == 0 and out["dice"] == 0 and out["iou"] == 0
     assert out["object_score"].item() == pytest.approx(2 * torch.log(torch.tensor(2.0)).item())
