@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     parser.add_argument("--input-size", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=None, help="max_steps of the probe and fine-tuning runs")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size of those runs (default: the recipes')")
     parser.add_argument("--skip", nargs="*", default=[], choices=["knn", "linprobe", "finetune"])
     parser.add_argument("--mavil-checkpoint", default=None, help="MAViL quickstart stage-1 checkpoint")
     parser.add_argument("--mavil-data", default="data/mavil_av")
@@ -111,7 +112,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="write the numbers to this JSON file")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="eval_proof-"))
-    steps = ["--trainer.max_steps", str(args.steps)] if args.steps else []
+    # the rows score the last validation, which must come at the final step
+    steps = ["--trainer.max_steps", str(args.steps), "--trainer.val_check_interval", str(args.steps)] if args.steps else []
+    if args.batch_size:
+        steps += ["--data.init_args.batch_size", str(args.batch_size)]
     data = ["--data.init_args.root", args.data]
     results: dict = {"seeds": args.seeds, "rows": {}}
     rows = results["rows"]
@@ -134,7 +138,8 @@ def main(argv=None) -> int:
                     value = fit_recipe("quickstart_finetune", args.checkpoint, random_init, seed, work, steps + data)
                     record("MAE fine-tuning top-1", start, value)
     if args.mavil_checkpoint:
-        mavil_steps = ["--trainer.max_steps", str(args.mavil_steps)] if args.mavil_steps else []
+        mavil_steps = (["--trainer.max_steps", str(args.mavil_steps), "--trainer.val_check_interval",
+                        str(args.mavil_steps)] if args.mavil_steps else [])
         for seed in args.seeds:
             for modality in ("audio", "video", "audio_video"):
                 for start in STARTS:
