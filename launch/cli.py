@@ -34,6 +34,7 @@ SYNTH_KINDS = {
     "audio": "make_audio_folder",
     "audiovideo": "make_audio_video_folder",
     "coco": "unveil.datasets.synth_coco:make_coco_folder",  # detection (issue 14): COCO instances JSON + JPEGs
+    "vos": "unveil.datasets.synth_vos:make_vos_folder",  # video segmentation (issue 16): DAVIS layout
 }
 
 
@@ -397,6 +398,7 @@ USAGE = """usage: unveil {fit,validate,test,predict,recipes,synth,shards,export,
   unveil synth videos --out DIR [--seed N ...]   write a synthetic video dataset (Kinetics layout)
   unveil synth audio|audiovideo --out DIR [...]  write synthetic audio (AudioSet style) or audio-video clips
   unveil synth coco --out DIR [...]              write a synthetic detection dataset (COCO instances JSON)
+  unveil synth vos --out DIR [...]               write a synthetic video segmentation dataset (DAVIS layout)
   unveil shards make KIND --out DIR [...]        convert a folder/CSV source into WebDataset shards
   unveil shards info SHARDS                      list a shard set's index
   unveil export CKPT --format FORMAT --out PATH  write the backbone of a checkpoint (unveil, hiera, timm, sam2, ...)
