@@ -60,7 +60,9 @@ def finetune_image_transform(
     erasing with probability ``random_erasing`` (per-pixel normal noise: MAE's ``--reprob 0.25 --remode
     pixel``)."""
     steps: list = [
-        v2.RandomResizedCrop(input_size, scale=crop_scale, interpolation=InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomResizedCrop(
+            input_size, scale=crop_scale, interpolation=InterpolationMode.BICUBIC, antialias=True
+        ),
         v2.RandomHorizontalFlip(hflip),
     ]
     if auto_augment:
@@ -75,7 +77,9 @@ def finetune_image_transform(
         try:
             steps.append(rand_augment_transform(auto_augment, hparams))
         except (AssertionError, KeyError, ValueError) as error:
-            raise ValueError(f"auto_augment {auto_augment!r} is not a timm RandAugment policy: {error}") from None
+            raise ValueError(
+                f"auto_augment {auto_augment!r} is not a timm RandAugment policy: {error}"
+            ) from None
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if random_erasing > 0:
         steps.append(v2.RandomErasing(random_erasing, value="random"))
@@ -135,7 +139,9 @@ def finetune_video_transform(
     (torchvision v2 treats a Video as one sample), then normalise. MAE-ST fine-tunes with timm's
     ``rand-m7-mstd0.5-inc1`` (2 ops, magnitude 7; torchvision has no magnitude noise)."""
     steps: list = [
-        v2.RandomResizedCrop(input_size, scale=crop_scale, interpolation=InterpolationMode.BILINEAR, antialias=True),
+        v2.RandomResizedCrop(
+            input_size, scale=crop_scale, interpolation=InterpolationMode.BILINEAR, antialias=True
+        ),
         v2.RandomHorizontalFlip(hflip),
     ]
     if rand_augment:
@@ -183,7 +189,11 @@ class MultiViewVideoDataset(VideoDataset):
         clips = torch.stack(
             [
                 clip_indices(
-                    len(video), self.num_frames, self.sampling_rate, False, start + offset,
+                    len(video),
+                    self.num_frames,
+                    self.sampling_rate,
+                    False,
+                    start + offset,
                     min(end, start + offset + span),  # a segment of exactly one window: it starts there
                 )
                 for offset in _spread(max(end - start - span, 0), self.temporal)
@@ -197,15 +207,23 @@ class MultiViewVideoDataset(VideoDataset):
         views = []
         for clip in clips:  # [T, H, W, 3]
             frames = v2.functional.resize(
-                tv_tensors.Video(clip.permute(0, 3, 1, 2)), size, interpolation=InterpolationMode.BILINEAR,
+                tv_tensors.Video(clip.permute(0, 3, 1, 2)),
+                size,
+                interpolation=InterpolationMode.BILINEAR,
                 antialias=True,
             )  # [T, 3, h, w], short side = size
             height, width = frames.shape[-2:]
             for offset in _spread(max(height, width) - size, self.spatial):
-                top, left = (offset, (width - size) // 2) if height > width else ((height - size) // 2, offset)
+                top, left = (
+                    (offset, (width - size) // 2) if height > width else ((height - size) // 2, offset)
+                )
                 crop = frames[..., top : top + size, left : left + size]
                 views.append(plain_tensor(self.normalize(crop)).permute(1, 0, 2, 3))  # [3, T, S, S]
-        return {"video": torch.stack(views), "label": torch.tensor(record.label, dtype=torch.int64), "key": record.key}
+        return {
+            "video": torch.stack(views),
+            "label": torch.tensor(record.label, dtype=torch.int64),
+            "key": record.key,
+        }
 
 
 class FineTuneVideoDataModule(VideoDataModule):
@@ -228,7 +246,9 @@ class FineTuneVideoDataModule(VideoDataModule):
     ) -> None:
         super().__init__(*args, crop_scale=crop_scale, **kwargs)
         if len(val_views) != 2 or min(val_views) < 1:
-            raise ValueError(f"{type(self).__name__}: val_views must be [temporal >= 1, spatial >= 1], got {val_views}")
+            raise ValueError(
+                f"{type(self).__name__}: val_views must be [temporal >= 1, spatial >= 1], got {val_views}"
+            )
         self.rand_augment = tuple(rand_augment) if rand_augment else None
         self.val_views = tuple(val_views)
 
@@ -239,8 +259,15 @@ class FineTuneVideoDataModule(VideoDataModule):
             return dataset
         temporal, spatial = self.val_views
         return MultiViewVideoDataset(
-            self.root, split, csv, self.num_frames, self.sampling_rate, input_size=self.input_size,
-            frames_fps=getattr(self, "frames_fps", 30.0), temporal=temporal, spatial=spatial,
+            self.root,
+            split,
+            csv,
+            self.num_frames,
+            self.sampling_rate,
+            input_size=self.input_size,
+            frames_fps=getattr(self, "frames_fps", 30.0),
+            temporal=temporal,
+            spatial=spatial,
         )
 
     def _dataset_transform(self, train: bool):
@@ -273,7 +300,9 @@ class ClassBalancedSampler(Sampler[int]):
 
     def __init__(self, weights: torch.Tensor, num_samples: int, replacement: bool = False, seed: int = 0):
         if not replacement and num_samples > int((weights > 0).sum()):
-            raise ValueError(f"cannot draw {num_samples} samples without replacement from {int((weights > 0).sum())}")
+            raise ValueError(
+                f"cannot draw {num_samples} samples without replacement from {int((weights > 0).sum())}"
+            )
         self.weights, self.num_samples, self.replacement, self.seed = weights, num_samples, replacement, seed
         self.passes = 0
 
@@ -283,7 +312,9 @@ class ClassBalancedSampler(Sampler[int]):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.passes)
         self.passes += 1
-        return iter(torch.multinomial(self.weights, self.num_samples, self.replacement, generator=generator).tolist())
+        return iter(
+            torch.multinomial(self.weights, self.num_samples, self.replacement, generator=generator).tolist()
+        )
 
 
 class FineTuneAudioDataModule(AudioDataModule):
@@ -298,13 +329,19 @@ class FineTuneAudioDataModule(AudioDataModule):
     The balanced loader is a plain DataLoader: a run resumed mid-epoch starts that epoch's draw again.
     """
 
-    def __init__(self, *args, balanced_samples: int | None = None, replacement: bool = False, **kwargs) -> None:
+    def __init__(
+        self, *args, balanced_samples: int | None = None, replacement: bool = False, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         if balanced_samples is not None:
             if balanced_samples < 1:
-                raise ValueError(f"{type(self).__name__}: balanced_samples must be >= 1, got {balanced_samples}")
+                raise ValueError(
+                    f"{type(self).__name__}: balanced_samples must be >= 1, got {balanced_samples}"
+                )
             if self.shards is not None:
-                raise ValueError(f"{type(self).__name__}: balanced_samples needs a manifest or folder source, not shards")
+                raise ValueError(
+                    f"{type(self).__name__}: balanced_samples needs a manifest or folder source, not shards"
+                )
         self.balanced_samples, self.replacement = balanced_samples, replacement
 
     def train_dataloader(self):

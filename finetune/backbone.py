@@ -147,7 +147,9 @@ def _read_source(path: Path, model: str | None) -> tuple[dict[str, torch.Tensor]
     if is_lightning_checkpoint(obj):
         state = _strip(obj["state_dict"], "model.")
         if not state:
-            raise ValueError(f"{origin}: a Lightning checkpoint without 'model.*' weights (not an unveil module)")
+            raise ValueError(
+                f"{origin}: a Lightning checkpoint without 'model.*' weights (not an unveil module)"
+            )
         record = obj.get(ARCHITECTURE_KEY)
         if isinstance(record, Mapping) and record.get("class_path"):
             return state, Architecture(str(record["class_path"]), dict(record.get("init_args") or {}), origin)
@@ -208,7 +210,9 @@ def _hiera(state, architecture, overrides, num_classes, random_init, origin) -> 
     config = hiera_backbone_config(architecture.init_args, num_classes)
     config.update(overrides)
     built = build_model(Architecture(_HIERA, config, origin), device="cpu")
-    result = PretrainedBackbone(built, "hiera", source=origin, architecture=Architecture(_HIERA, config, origin))
+    result = PretrainedBackbone(
+        built, "hiera", source=origin, architecture=Architecture(_HIERA, config, origin)
+    )
     if random_init:
         result.new = list(built.state_dict())
         return result
@@ -261,7 +265,9 @@ def _encoder(state, architecture, overrides, random_init, origin) -> PretrainedB
     kind = "audio" if architecture.class_path.endswith("AudioEncoder") else "video"
     args = {**architecture.init_args, **overrides}
     model = build_model(Architecture(architecture.class_path, args, origin), device="cpu")
-    result = PretrainedBackbone(model, kind, source=origin, architecture=Architecture(architecture.class_path, args))
+    result = PretrainedBackbone(
+        model, kind, source=origin, architecture=Architecture(architecture.class_path, args)
+    )
     if random_init:
         result.new = list(model.state_dict())
         return result
@@ -299,7 +305,12 @@ def load_pretrained_backbone(
     if path is None:
         if model is None:
             raise ValueError("load_pretrained_backbone: give a checkpoint path or a model name")
-        architecture, state, origin, random_init = _named_architecture(model, "random init"), {}, "random init", True
+        architecture, state, origin, random_init = (
+            _named_architecture(model, "random init"),
+            {},
+            "random init",
+            True,
+        )
     else:
         path = Path(path)
         origin = f"'{path}'"
@@ -322,6 +333,8 @@ def load_pretrained_backbone(
         return _mavil_part(state, architecture, modality, overrides, random_init, origin)
     if class_path in _ENCODERS.values():
         if modality not in (None, "audio" if class_path.endswith("AudioEncoder") else "video"):
-            raise ValueError(f"{architecture.origin} holds a {class_path.rsplit('.', 1)[-1]}, not {modality!r}")
+            raise ValueError(
+                f"{architecture.origin} holds a {class_path.rsplit('.', 1)[-1]}, not {modality!r}"
+            )
         return _encoder(state, architecture, overrides, random_init, origin)
     raise ValueError(f"{architecture.origin}: cannot start a classifier from a {class_path}")

@@ -122,9 +122,14 @@ class ClassifierNet(nn.Module):
         if self.kind == "audio_video":
             depth = self.backbone.depth
             blocks = [(r"^backbone\.(?:audio|video)_encoder\.blocks\.(\d+)", None)]
-            blocks += [(rf"^backbone\.fusion_blocks\.{j}\.", (depth + j,)) for j in range(len(self.backbone.fusion_blocks))]
+            blocks += [
+                (rf"^backbone\.fusion_blocks\.{j}\.", (depth + j,))
+                for j in range(len(self.backbone.fusion_blocks))
+            ]
             blocks += [(r"^backbone\.(?:audio_encoder\.norm|video_encoder\.norm|fusion_norm)", (99999,))]
-            return dict(stem=r"^backbone\.(?:audio|video)_encoder\.(?:cls_token|pos_embed|patch_embed)", blocks=blocks)
+            return dict(
+                stem=r"^backbone\.(?:audio|video)_encoder\.(?:cls_token|pos_embed|patch_embed)", blocks=blocks
+            )
         return _prefixed(self.backbone.group_matcher(coarse), "backbone.")
 
     def _audio_tokens(self, fbank: torch.Tensor) -> torch.Tensor:
@@ -231,7 +236,11 @@ class _ClassificationModule(pl.LightningModule):
         if base_batch_size < 1 or warmup_epochs < 0 or (warmup_steps is not None and warmup_steps < 0):
             raise ValueError("base_batch_size must be >= 1 and the warmup >= 0")
         self._backbone_args = dict(
-            path=checkpoint, model=model, modality=modality, random_init=random_init, **dict(backbone_overrides or {})
+            path=checkpoint,
+            model=model,
+            modality=modality,
+            random_init=random_init,
+            **dict(backbone_overrides or {}),
         )
         self.multi_label = multi_label
         self.lr, self.base_lr, self.base_batch_size = lr, base_lr, base_batch_size
@@ -255,7 +264,9 @@ class _ClassificationModule(pl.LightningModule):
             return
         num_classes = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
         if not num_classes:
-            raise ValueError("set model.init_args.num_classes (the DataModule does not tell its number of classes)")
+            raise ValueError(
+                "set model.init_args.num_classes (the DataModule does not tell its number of classes)"
+            )
         self._build(int(num_classes))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -272,10 +283,14 @@ class _ClassificationModule(pl.LightningModule):
                 trunc_normal_(hiera.head.projection.weight, std=0.02)
                 hiera.head.projection.weight.mul_(hiera.config["head_init_scale"])
                 hiera.head.projection.bias.zero_()
-            loaded.new += [k for k in ("head.projection.weight", "head.projection.bias") if k not in loaded.new]
+            loaded.new += [
+                k for k in ("head.projection.weight", "head.projection.bias") if k not in loaded.new
+            ]
         self.num_classes = num_classes
         if self.multi_label:
-            self.val_metrics = MetricCollection({"mAP": MultilabelAveragePrecision(num_classes, average="macro")})
+            self.val_metrics = MetricCollection(
+                {"mAP": MultilabelAveragePrecision(num_classes, average="macro")}
+            )
             self.val_class_ap = MultilabelAveragePrecision(num_classes, average=None)
         else:
             self.val_metrics = MetricCollection(
@@ -324,8 +339,13 @@ class _ClassificationModule(pl.LightningModule):
     def _evaluate(self, batch: dict, stage: str) -> None:
         logits = self.logits(batch)
         labels = self._targets(batch["label"])
-        self.log(f"{stage}/loss", self._eval_loss(logits, labels), prog_bar=True, sync_dist=True,
-                 batch_size=labels.shape[0])
+        self.log(
+            f"{stage}/loss",
+            self._eval_loss(logits, labels),
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=labels.shape[0],
+        )
         scores, labels = average_views(self._scores(logits), labels, batch.get("key"))
         target = labels.long() if self.multi_label else labels
         self.val_metrics.update(scores, target)
@@ -371,13 +391,17 @@ class _ClassificationModule(pl.LightningModule):
             lr = self.lr
         else:
             datamodule = getattr(trainer, "datamodule", None)
-            per_device = getattr(datamodule, "batch_size", None) or getattr(trainer.train_dataloader, "batch_size", None)
+            per_device = getattr(datamodule, "batch_size", None) or getattr(
+                trainer.train_dataloader, "batch_size", None
+            )
             if per_device is None:
                 raise ValueError("cannot find the per-device batch size: set model.init_args.lr (absolute)")
             per_device *= int(getattr(datamodule, "repeated_sampling", 1) or 1)  # clips, as Hiera counts them
             effective = per_device * trainer.num_devices * trainer.num_nodes * trainer.accumulate_grad_batches
             lr = scaled_lr(self.base_lr, effective, self.base_batch_size)
-            rank_zero_info(f"{type(self).__name__}: lr = {self.base_lr:.3g} x {effective} / {self.base_batch_size} = {lr:.3g}")
+            rank_zero_info(
+                f"{type(self).__name__}: lr = {self.base_lr:.3g} x {effective} / {self.base_batch_size} = {lr:.3g}"
+            )
         self.peak_lr = lr
         return lr
 
@@ -473,16 +497,32 @@ class FineTuneClassifier(_ClassificationModule):
         self.head_dropout, self.mask_t_prob, self.mask_f_prob = head_dropout, mask_t_prob, mask_f_prob
         self.weight_decay, self.betas, self.layer_decay = weight_decay, tuple(betas), layer_decay
         self.label_smoothing = label_smoothing
-        self._mixup_args = dict(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob)
+        self._mixup_args = dict(
+            mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob
+        )
         self.mixup_fn = None
         self._init_common(
-            checkpoint, model, modality, num_classes, multi_label, random_init, overrides, lr, base_lr,
-            base_batch_size, warmup_epochs, warmup_steps, min_lr, log_pictures,
+            checkpoint,
+            model,
+            modality,
+            num_classes,
+            multi_label,
+            random_init,
+            overrides,
+            lr,
+            base_lr,
+            base_batch_size,
+            warmup_epochs,
+            warmup_steps,
+            min_lr,
+            log_pictures,
         )
 
     def _make_head(self, loaded: PretrainedBackbone, num_classes: int) -> None:
         if loaded.kind == "hiera":  # Hiera's own head: dropout before its projection (Hiera K400: 0.3 / 0.5)
-            loaded.model.head.dropout = nn.Dropout(self.head_dropout) if self.head_dropout > 0 else nn.Identity()
+            loaded.model.head.dropout = (
+                nn.Dropout(self.head_dropout) if self.head_dropout > 0 else nn.Identity()
+            )
         self.net = ClassifierNet(
             loaded, num_classes, self.head_dropout, mask_t_prob=self.mask_t_prob, mask_f_prob=self.mask_f_prob
         )
@@ -588,8 +628,20 @@ class LinearProbe(_ClassificationModule):
         self.save_hyperparameters()
         self.weight_decay, self.momentum = weight_decay, momentum
         self._init_common(
-            checkpoint, model, modality, num_classes, multi_label, random_init, None, lr, base_lr,
-            base_batch_size, warmup_epochs, warmup_steps, min_lr, log_pictures,
+            checkpoint,
+            model,
+            modality,
+            num_classes,
+            multi_label,
+            random_init,
+            None,
+            lr,
+            base_lr,
+            base_batch_size,
+            warmup_epochs,
+            warmup_steps,
+            min_lr,
+            log_pictures,
         )
 
     _hiera_head = False
@@ -599,7 +651,9 @@ class LinearProbe(_ClassificationModule):
         self.net.requires_grad_(False)
         self.net.eval()
         width = self.net.num_features
-        self.head = nn.Sequential(nn.BatchNorm1d(width, affine=False, eps=1e-6), nn.Linear(width, num_classes))
+        self.head = nn.Sequential(
+            nn.BatchNorm1d(width, affine=False, eps=1e-6), nn.Linear(width, num_classes)
+        )
         trunc_normal_(self.head[1].weight, std=0.01)  # MAE main_linprobe.py
         nn.init.zeros_(self.head[1].bias)
 
@@ -634,7 +688,11 @@ class LinearProbe(_ClassificationModule):
         linear = self.head[1]
         groups = [
             {"params": [linear.weight], "weight_decay": self.weight_decay, "always_adapt": True},
-            {"params": [linear.bias], "weight_decay": 0.0, "always_adapt": False},  # MAE: no trust ratio on 1-D
+            {
+                "params": [linear.bias],
+                "weight_decay": 0.0,
+                "always_adapt": False,
+            },  # MAE: no trust ratio on 1-D
         ]
         optimizer = Lars(groups, lr=lr, momentum=self.momentum, trust_coeff=0.001)
         return self._scheduler(optimizer)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from unveil.common.checkpoints import ARCHITECTURE_KEY, Architecture, architecture_of, save_backbone
 from unveil.finetune import FineTuneClassifier, LinearProbe, load_pretrained_backbone
 from unveil.finetune.classification import average_views
-from unveil.models import MAViL, MaskedAutoencoderHiera
+from unveil.models import MaskedAutoencoderHiera, MAViL
 from unveil.models.hiera import hiera_tiny_224
 
 UNVEIL = Path(sys.executable).with_name("unveil")
@@ -31,8 +31,19 @@ TINY = dict(
 )
 IMAGE = dict(input_size=(64, 64), q_pool=2, **TINY)
 MAVIL = dict(
-    audio_size=(64, 128), num_frames=4, image_size=32, patch_size=16, tubelet_frames=2, embed_dim=32, depth=2,
-    num_heads=2, fusion_depth=1, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, projection_dim=16,
+    audio_size=(64, 128),
+    num_frames=4,
+    image_size=32,
+    patch_size=16,
+    tubelet_frames=2,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    fusion_depth=1,
+    decoder_embed_dim=32,
+    decoder_depth=1,
+    decoder_num_heads=2,
+    projection_dim=16,
 )
 
 
@@ -92,8 +103,15 @@ class Samples(Dataset):
 
 def fit(module: pl.LightningModule, data: Dataset, steps: int = 2) -> pl.Trainer:
     trainer = pl.Trainer(
-        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=steps, check_val_every_n_epoch=None,
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        val_check_interval=steps,
+        check_val_every_n_epoch=None,
     )
     trainer.fit(module, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
     return trainer
@@ -109,14 +127,25 @@ def test_every_starting_point_loads_the_same_weights(mae, tmp_path):
 
     official, _ = to_official(model.state_dict())
     config = hiera_backbone_config(architecture_of(model).init_args, 0)
-    export = save_backbone(tmp_path / "export.pt", official, Architecture("unveil.models.hiera.Hiera", config))
-    safetensors = save_backbone(tmp_path / "export.safetensors", official,
-                                Architecture("unveil.models.hiera.Hiera", config), safetensors=True)
+    export = save_backbone(
+        tmp_path / "export.pt", official, Architecture("unveil.models.hiera.Hiera", config)
+    )
+    safetensors = save_backbone(
+        tmp_path / "export.safetensors",
+        official,
+        Architecture("unveil.models.hiera.Hiera", config),
+        safetensors=True,
+    )
     for source in (checkpoint, export, safetensors):
         loaded = load_pretrained_backbone(source, num_classes=5, q_pool=3, drop_path_rate=0.1)
         assert loaded.kind == "hiera" and loaded.model.q_pool == 3 and loaded.model.num_classes == 5
         assert torch.equal(loaded.model.state_dict()["blocks.2.attn.qkv.weight"], expected), source
-        assert sorted(loaded.new) == ["head.projection.bias", "head.projection.weight", "norm.bias", "norm.weight"]
+        assert sorted(loaded.new) == [
+            "head.projection.bias",
+            "head.projection.weight",
+            "norm.bias",
+            "norm.weight",
+        ]
         assert len(loaded.loaded) == len(loaded.model.state_dict()) - 4
         assert "keys loaded" in loaded.summary() and str(source) in loaded.summary()
     assert "mask_token" in load_pretrained_backbone(checkpoint).ignored  # the decoder is reported, not loaded
@@ -162,16 +191,24 @@ def test_mavil_encoders_and_fused_backbone(mavil):
     audio = load_pretrained_backbone(checkpoint, modality="audio")
     video = load_pretrained_backbone(checkpoint, modality="video")
     fused = load_pretrained_backbone(checkpoint, modality="audio_video")
-    assert torch.equal(audio.model.state_dict()["blocks.1.mlp.fc1.weight"], state["audio_encoder.blocks.1.mlp.fc1.weight"])
-    assert torch.equal(video.model.state_dict()["blocks.0.attn.qkv.weight"], state["video_encoder.blocks.0.attn.qkv.weight"])
-    assert torch.equal(fused.model.state_dict()["fusion_blocks.0.attn.qkv.weight"], state["fusion_blocks.0.attn.qkv.weight"])
+    assert torch.equal(
+        audio.model.state_dict()["blocks.1.mlp.fc1.weight"], state["audio_encoder.blocks.1.mlp.fc1.weight"]
+    )
+    assert torch.equal(
+        video.model.state_dict()["blocks.0.attn.qkv.weight"], state["video_encoder.blocks.0.attn.qkv.weight"]
+    )
+    assert torch.equal(
+        fused.model.state_dict()["fusion_blocks.0.attn.qkv.weight"], state["fusion_blocks.0.attn.qkv.weight"]
+    )
     assert audio.new == video.new == fused.new == []
     assert any(k.startswith("audio_decoder.") for k in fused.ignored)
     # the fused backbone computes what MAViL.fuse computes on unmasked inputs
     fbank, clip = torch.randn(2, 1, 64, 128), torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         a, v = fused.model.eval()(fbank, clip)
-        ra, rv, _ = model.eval().fuse(model.audio_encoder.forward_features(fbank), model.video_encoder.forward_features(clip))
+        ra, rv, _ = model.eval().fuse(
+            model.audio_encoder.forward_features(fbank), model.video_encoder.forward_features(clip)
+        )
     assert torch.allclose(a, ra, atol=1e-5) and torch.allclose(v, rv, atol=1e-5)
 
 
@@ -180,18 +217,23 @@ def test_random_init_keeps_the_architecture_and_loads_nothing(mae):
     loaded = load_pretrained_backbone(checkpoint, random_init=True, num_classes=3)
     assert loaded.loaded == [] and loaded.source.startswith("random init")
     assert loaded.model.config["embed_dim"] == 32
-    assert not torch.equal(loaded.model.state_dict()["blocks.0.attn.qkv.weight"], model.state_dict()["blocks.0.attn.qkv.weight"])
+    assert not torch.equal(
+        loaded.model.state_dict()["blocks.0.attn.qkv.weight"], model.state_dict()["blocks.0.attn.qkv.weight"]
+    )
 
 
 # ---------------------------------------------------------------------------------------- the classifier
 
 
 def test_layer_decay_groups_follow_depth(mae):
-    module = FineTuneClassifier(str(mae[1]), num_classes=4, lr=1e-3, layer_decay=0.5, backbone_overrides={"q_pool": 3})
+    module = FineTuneClassifier(
+        str(mae[1]), num_classes=4, lr=1e-3, layer_decay=0.5, backbone_overrides={"q_pool": 3}
+    )
     from timm.optim import param_groups_layer_decay
 
-    groups = param_groups_layer_decay(module.net, weight_decay=0.05, no_weight_decay_list=module.net.no_weight_decay(),
-                                      layer_decay=0.5)
+    groups = param_groups_layer_decay(
+        module.net, weight_decay=0.05, no_weight_decay_list=module.net.no_weight_decay(), layer_decay=0.5
+    )
     scale_of = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
     named = dict(module.net.named_parameters())
     # 4 blocks: stem 0, blocks 1..4, the classifier (unmatched) 5
@@ -200,13 +242,23 @@ def test_layer_decay_groups_follow_depth(mae):
     assert scale_of[id(named["backbone.blocks.0.attn.qkv.weight"])] == (0.5**4, 0.05)
     assert scale_of[id(named["backbone.blocks.3.attn.qkv.weight"])] == (0.5**1, 0.05)
     assert scale_of[id(named["backbone.blocks.3.attn.qkv.bias"])] == (0.5**1, 0.0)
-    assert scale_of[id(named["backbone.norm.weight"])] == (0.5**1, 0.0)  # timm: the final norm joins the last block
+    assert scale_of[id(named["backbone.norm.weight"])] == (
+        0.5**1,
+        0.0,
+    )  # timm: the final norm joins the last block
     assert scale_of[id(named["backbone.head.projection.weight"])] == (1.0, 0.05)
 
 
 def test_audio_time_frequency_masking_drops_whole_rows_and_columns(mavil):
-    module = FineTuneClassifier(str(mavil[1]), modality="audio", num_classes=3, multi_label=True, lr=1e-3,
-                                mask_t_prob=0.5, mask_f_prob=0.25)
+    module = FineTuneClassifier(
+        str(mavil[1]),
+        modality="audio",
+        num_classes=3,
+        multi_label=True,
+        lr=1e-3,
+        mask_t_prob=0.5,
+        mask_f_prob=0.25,
+    )
     net = module.net.train()
     fbank = torch.randn(2, 1, 64, 128)  # 4 x 8 patches
     assert net._audio_tokens(fbank).shape == (2, 1 + 2 * 6, 32)
@@ -215,14 +267,19 @@ def test_audio_time_frequency_masking_drops_whole_rows_and_columns(mavil):
 
 def test_mixup_of_video_and_multi_label_targets(mavil):
     torch.manual_seed(0)
-    module = FineTuneClassifier(str(mavil[1]), modality="audio_video", num_classes=4, multi_label=True, lr=1e-3,
-                                mixup=0.5)
+    module = FineTuneClassifier(
+        str(mavil[1]), modality="audio_video", num_classes=4, multi_label=True, lr=1e-3, mixup=0.5
+    )
     samples = Samples(4, multi_label=True, fbank=(1, 64, 128), video=(3, 4, 32, 32))
     batch = {k: torch.stack([samples[i][k] for i in range(4)]) for k in ("fbank", "video", "label")}
     inputs, target = module._mix(batch)
     # one weight for both modalities and the targets: row 0 mixes with row 3
-    lam = float(((inputs["fbank"] - batch["fbank"].flip(0)) / (batch["fbank"] - batch["fbank"].flip(0)))[0].mean())
-    assert torch.allclose(inputs["video"], batch["video"] * lam + batch["video"].flip(0) * (1 - lam), atol=1e-4)
+    lam = float(
+        ((inputs["fbank"] - batch["fbank"].flip(0)) / (batch["fbank"] - batch["fbank"].flip(0)))[0].mean()
+    )
+    assert torch.allclose(
+        inputs["video"], batch["video"] * lam + batch["video"].flip(0) * (1 - lam), atol=1e-4
+    )
     assert torch.allclose(target, batch["label"] * lam + batch["label"].flip(0) * (1 - lam), atol=1e-4)
 
 
@@ -253,8 +310,15 @@ def test_map_is_audiomaes_mean_average_precision():
 
 def test_finetune_learns_and_draws_its_confusion_matrix(mae):
     torch.manual_seed(0)
-    module = FineTuneClassifier(str(mae[1]), num_classes=4, lr=3e-3, warmup_steps=0, layer_decay=1.0,
-                                label_smoothing=0.0, backbone_overrides={"q_pool": 3})
+    module = FineTuneClassifier(
+        str(mae[1]),
+        num_classes=4,
+        lr=3e-3,
+        warmup_steps=0,
+        layer_decay=1.0,
+        label_smoothing=0.0,
+        backbone_overrides={"q_pool": 3},
+    )
     data = Samples(8, image=(3, 32, 32))  # 32 px: one mask unit, position embeddings resampled
     trainer = fit(module, data, steps=8)
     assert trainer.callback_metrics["val/top1"] >= 0.75  # chance: 0.25
@@ -273,7 +337,8 @@ def test_linear_probe_trains_only_its_head(mae):
 
     assert isinstance(module.trainer.optimizers[0], Lars)
     assert {id(p) for g in module.trainer.optimizers[0].param_groups for p in g["params"]} == {
-        id(p) for p in module.head.parameters()}
+        id(p) for p in module.head.parameters()
+    }
 
 
 def test_pictures_reach_tensorboard(mavil, tmp_path):
@@ -281,10 +346,20 @@ def test_pictures_reach_tensorboard(mavil, tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    module = LinearProbe(str(mavil[1]), modality="audio", num_classes=4, multi_label=True, lr=1.0, warmup_steps=0)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=TensorBoardLogger(tmp_path, name=""),
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, val_check_interval=2, check_val_every_n_epoch=None)
+    module = LinearProbe(
+        str(mavil[1]), modality="audio", num_classes=4, multi_label=True, lr=1.0, warmup_steps=0
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=TensorBoardLogger(tmp_path, name=""),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+    )
     data = Samples(8, multi_label=True, fbank=(1, 64, 128))
     trainer.fit(module, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
     events = EventAccumulator(str(tmp_path / "version_0"))
@@ -315,8 +390,15 @@ def test_one_hot_labels_and_classes_from_the_data(mavil):
             return sample
 
     module = FineTuneClassifier(str(mavil[1]), modality="video", lr=1e-3, warmup_steps=0)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=Data())
     assert module.num_classes == 4 and "val/top1" in trainer.callback_metrics
     (tested,) = trainer.test(module, datamodule=Data(), verbose=False)  # `unveil test`: the same metrics
@@ -339,15 +421,26 @@ def test_multi_view_validation_takes_evenly_spread_windows_and_crops(tmp_path):
             pixels = np.full((32, 48, 3), 10 * i, dtype=np.uint8)
             pixels[:, 40] = 255
             Image.fromarray(pixels).save(folder / f"{i:05d}.png")
-    data = FineTuneVideoDataModule(root=str(tmp_path), input_size=32, num_frames=4, sampling_rate=2, batch_size=1,
-                                   num_workers=0, val_views=(3, 2))
+    data = FineTuneVideoDataModule(
+        root=str(tmp_path),
+        input_size=32,
+        num_frames=4,
+        sampling_rate=2,
+        batch_size=1,
+        num_workers=0,
+        val_views=(3, 2),
+    )
     data.setup()
     sample = data.val_set[0]
     assert sample["video"].shape == (6, 3, 4, 32, 32)
-    grey = sample["video"][:, 0, :, :, :20] * IMAGENET_DEFAULT_STD[0] + IMAGENET_DEFAULT_MEAN[0]  # [V, T, 32, 20]
+    grey = (
+        sample["video"][:, 0, :, :, :20] * IMAGENET_DEFAULT_STD[0] + IMAGENET_DEFAULT_MEAN[0]
+    )  # [V, T, 32, 20]
     first_frames = (grey[:, 0].mean(dim=(1, 2)) * 255 / 10).round().tolist()
     assert first_frames == [0, 0, 6, 6, 13, 13]  # temporal major, each window in both crops
-    marker = sample["video"][:, 0, 0, :, -8:].amax(dim=(1, 2))  # the right 8 columns: x = 40 only in the right crop
+    marker = sample["video"][:, 0, 0, :, -8:].amax(
+        dim=(1, 2)
+    )  # the right 8 columns: x = 40 only in the right crop
     assert (marker[1::2] > marker[0::2] + 1).all()
     batch = repeated_collate([sample, data.val_set[0]])
     assert batch["video"].shape[0] == 12 and batch["key"][:6] == ["shape/clip_0"] * 6
@@ -369,10 +462,12 @@ def test_class_balanced_epochs_follow_audiomaes_gen_weight(tmp_path):
     with pytest.raises(ValueError):
         ClassBalancedSampler(weights, 5)  # more than there are, without replacement
 
-    make_audio_folder(tmp_path / "audio", num_classes=2, train_per_class=3, val_per_class=1, duration=1.0,
-                      progress=False)
-    data = FineTuneAudioDataModule(root=str(tmp_path / "audio"), target_length=100, batch_size=2, num_workers=0,
-                                   balanced_samples=4)
+    make_audio_folder(
+        tmp_path / "audio", num_classes=2, train_per_class=3, val_per_class=1, duration=1.0, progress=False
+    )
+    data = FineTuneAudioDataModule(
+        root=str(tmp_path / "audio"), target_length=100, batch_size=2, num_workers=0, balanced_samples=4
+    )
     batches = list(data.train_dataloader())
     assert len(batches) == 2 and batches[0]["fbank"].shape == (2, 1, 100, 128)
 
@@ -382,8 +477,10 @@ def test_class_balanced_epochs_follow_audiomaes_gen_weight(tmp_path):
 from unveil.launch.recipes import recipes_dir, shipped_recipes  # noqa: E402
 
 EVAL_RECIPES = [r.name for r in shipped_recipes() if r.name.startswith(("finetune_", "linprobe_"))]
-CITED = re.compile(r"Hiera (Table 1[14]b|Sec\. 4)|MAE-ST|AudioMAE|\bMAE\b|official code|infrastructure|ImageNet-1K|"
-                   r"Kinetics-400|AudioSet|VGGSound|MAViL released|as recipes/|the encoder's input")
+CITED = re.compile(
+    r"Hiera (Table 1[14]b|Sec\. 4)|MAE-ST|AudioMAE|\bMAE\b|official code|infrastructure|ImageNet-1K|"
+    r"Kinetics-400|AudioSet|VGGSound|MAViL released|as recipes/|the encoder's input"
+)
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|\[[\d.,\s eE+-]+\]")
 UNCITED_KEYS = {"seed_everything", "num_workers", "val_batch_size"}
 
@@ -411,18 +508,49 @@ def test_evaluation_recipes_are_shipped_and_cite_every_value():
 
 
 def unveil(*args: str, cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(UNVEIL), *args], cwd=cwd, capture_output=True, text=True, timeout=900, check=False)
-    assert result.returncode == expect, f"`unveil {' '.join(args)}`: {result.returncode}\n{result.stderr[-4000:]}"
+    result = subprocess.run(
+        [str(UNVEIL), *args], cwd=cwd, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert result.returncode == expect, (
+        f"`unveil {' '.join(args)}`: {result.returncode}\n{result.stderr[-4000:]}"
+    )
     return result
 
 
-SHRINK = ("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",
-          "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--data.init_args.input_size", "64")
+SHRINK = (
+    "--trainer.max_steps",
+    "2",
+    "--trainer.val_check_interval",
+    "2",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--data.init_args.batch_size",
+    "4",
+    "--data.init_args.num_workers",
+    "0",
+    "--data.init_args.input_size",
+    "64",
+)
 
 
 def synth_shapes(folder: Path) -> None:
-    unveil("synth", "images", "--out", "data/shapes", "--num_classes", "2", "--train_per_class", "8",
-           "--val_per_class", "4", "--size", "64", "--progress", "false", cwd=folder)
+    unveil(
+        "synth",
+        "images",
+        "--out",
+        "data/shapes",
+        "--num_classes",
+        "2",
+        "--train_per_class",
+        "8",
+        "--val_per_class",
+        "4",
+        "--size",
+        "64",
+        "--progress",
+        "false",
+        cwd=folder,
+    )
 
 
 def test_quickstart_finetune_from_the_command_line(tmp_path, mae):
@@ -433,16 +561,31 @@ def test_quickstart_finetune_from_the_command_line(tmp_path, mae):
     from unveil.models.convert import hiera_backbone_config, to_official
 
     official, _ = to_official(model.state_dict())
-    save_backbone(tmp_path / "exports/hiera_t_mae.pt", official,
-                  Architecture("unveil.models.hiera.Hiera", hiera_backbone_config(architecture_of(model).init_args)))
+    save_backbone(
+        tmp_path / "exports/hiera_t_mae.pt",
+        official,
+        Architecture("unveil.models.hiera.Hiera", hiera_backbone_config(architecture_of(model).init_args)),
+    )
     tuned = unveil("fit", "--config", "quickstart_finetune", *SHRINK, cwd=tmp_path)
     assert "'exports/hiera_t_mae.pt': Hiera (hiera)" in tuned.stdout + tuned.stderr
-    last = torch.load(tmp_path / "runs/quickstart_finetune/version_0/checkpoints/last.ckpt", weights_only=True)
+    last = torch.load(
+        tmp_path / "runs/quickstart_finetune/version_0/checkpoints/last.ckpt", weights_only=True
+    )
     assert last["hyper_parameters"]["num_classes"] == 2  # from the data
     assert last["state_dict"]["net.backbone.head.projection.weight"].shape[0] == 2
     torch.save({"model_state": hiera_tiny_224(num_classes=0).state_dict()}, tmp_path / "official.pth")
-    bad = unveil("fit", "--config", "quickstart_finetune", *SHRINK, "--model.init_args.checkpoint", "official.pth",
-                 "--model.init_args.model", "hiera_small_224", cwd=tmp_path, expect=2)
+    bad = unveil(
+        "fit",
+        "--config",
+        "quickstart_finetune",
+        *SHRINK,
+        "--model.init_args.checkpoint",
+        "official.pth",
+        "--model.init_args.model",
+        "hiera_small_224",
+        cwd=tmp_path,
+        expect=2,
+    )
     lines = [line for line in bad.stderr.splitlines() if line.strip() and not line.startswith("Seed set to")]
     assert len(lines) == 1 and lines[0].startswith("unveil: error:"), bad.stderr  # nothing trained
     assert "official.pth" in lines[0] and "missing keys" in lines[0]
@@ -451,28 +594,99 @@ def test_quickstart_finetune_from_the_command_line(tmp_path, mae):
 @pytest.mark.slow
 def test_readme_chain_pretrain_export_finetune_and_probe(tmp_path):
     synth_shapes(tmp_path)
-    unveil("fit", "--config", "quickstart", *SHRINK, "--model.init_args.model.init_args.input_size=[64,64]",
-           "--model.init_args.log_images_every_n_steps", "0", cwd=tmp_path)
-    unveil("export", "runs/quickstart/version_0/checkpoints/last.ckpt", "--format", "unveil",
-           "--out", "exports/hiera_t_mae.pt", cwd=tmp_path)
+    unveil(
+        "fit",
+        "--config",
+        "quickstart",
+        *SHRINK,
+        "--model.init_args.model.init_args.input_size=[64,64]",
+        "--model.init_args.log_images_every_n_steps",
+        "0",
+        cwd=tmp_path,
+    )
+    unveil(
+        "export",
+        "runs/quickstart/version_0/checkpoints/last.ckpt",
+        "--format",
+        "unveil",
+        "--out",
+        "exports/hiera_t_mae.pt",
+        cwd=tmp_path,
+    )
     unveil("fit", "--config", "quickstart_finetune", *SHRINK, cwd=tmp_path)
     assert (tmp_path / "runs/quickstart_finetune/version_0/checkpoints/last.ckpt").is_file()
     unveil("fit", "--config", "quickstart_linprobe", *SHRINK, cwd=tmp_path)
     assert (tmp_path / "runs/quickstart_linprobe/version_0/checkpoints/last.ckpt").is_file()
-    unveil("fit", "--config", "quickstart_linprobe", *SHRINK, "--model.init_args.random_init", "true", cwd=tmp_path)
-    unveil("fit", "--config", "quickstart_finetune", *SHRINK, "--model.init_args.checkpoint",
-           "runs/quickstart/version_0/checkpoints/last.ckpt", cwd=tmp_path)
+    unveil(
+        "fit",
+        "--config",
+        "quickstart_linprobe",
+        *SHRINK,
+        "--model.init_args.random_init",
+        "true",
+        cwd=tmp_path,
+    )
+    unveil(
+        "fit",
+        "--config",
+        "quickstart_finetune",
+        *SHRINK,
+        "--model.init_args.checkpoint",
+        "runs/quickstart/version_0/checkpoints/last.ckpt",
+        cwd=tmp_path,
+    )
     assert (tmp_path / "runs/quickstart_finetune/version_1/checkpoints/last.ckpt").is_file()
 
 
 @pytest.mark.slow
 def test_readme_mavil_quickstart_finetune(tmp_path, mavil):
-    unveil("synth", "audiovideo", "--out", "data/mavil_av", "--num_classes", "2", "--train_per_class", "4",
-           "--val_per_class", "2", "--duration", "2.0", "--size", "32", cwd=tmp_path)
-    unveil("fit", "--config", "quickstart_mavil", "--trainer.max_steps", "1", "--trainer.val_check_interval", "1",
-           "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
-           "--model.init_args.log_images_every_n_steps", "0", cwd=tmp_path)
+    unveil(
+        "synth",
+        "audiovideo",
+        "--out",
+        "data/mavil_av",
+        "--num_classes",
+        "2",
+        "--train_per_class",
+        "4",
+        "--val_per_class",
+        "2",
+        "--duration",
+        "2.0",
+        "--size",
+        "32",
+        cwd=tmp_path,
+    )
+    unveil(
+        "fit",
+        "--config",
+        "quickstart_mavil",
+        "--trainer.max_steps",
+        "1",
+        "--trainer.val_check_interval",
+        "1",
+        "--data.init_args.batch_size",
+        "4",
+        "--data.init_args.num_workers",
+        "0",
+        "--model.init_args.log_images_every_n_steps",
+        "0",
+        cwd=tmp_path,
+    )
     for modality in ("audio_video", "audio", "video"):
-        unveil("fit", "--config", "quickstart_finetune_mavil", "--trainer.max_steps", "2",
-               "--trainer.val_check_interval", "2", "--data.init_args.batch_size", "4",
-               "--data.init_args.num_workers", "0", "--model.init_args.modality", modality, cwd=tmp_path)
+        unveil(
+            "fit",
+            "--config",
+            "quickstart_finetune_mavil",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.val_check_interval",
+            "2",
+            "--data.init_args.batch_size",
+            "4",
+            "--data.init_args.num_workers",
+            "0",
+            "--model.init_args.modality",
+            modality,
+            cwd=tmp_path,
+        )
