@@ -27,7 +27,6 @@ CONFIGS = {"tiny": "configs/sam2.1/sam2.1_hiera_t.yaml", "base_plus": "configs/s
 
 def build(model: str, size: int, video: bool):
     from sam2.build_sam import build_sam2, build_sam2_video_predictor
-
     from unveil.models.sam2 import SAM2, SAM2Config, VideoPredictor
 
     torch.manual_seed(0)
@@ -66,9 +65,8 @@ def image_encoder(args) -> None:
 
 
 def video(args) -> None:
-    from PIL import Image
-
     import numpy as np
+    from PIL import Image
 
     official, ours = build(args.model, args.size, video=True)
     with tempfile.TemporaryDirectory() as tmp:
