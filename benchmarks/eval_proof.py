@@ -61,22 +61,34 @@ def last_metric(folder: Path, key: str) -> float:
     return value
 
 
-def fit_recipe(recipe: str, checkpoint: str, random_init: bool, seed: int, work: Path, extra: list[str]) -> float:
+def fit_recipe(
+    recipe: str, checkpoint: str, random_init: bool, seed: int, work: Path, extra: list[str]
+) -> float:
     """Final ``val/top1`` of ``unveil fit --config RECIPE`` from ``checkpoint`` (or its random initialisation)."""
     run = work / f"{recipe}-{'random' if random_init else 'pretrained'}-{seed}"
     shutil.rmtree(run, ignore_errors=True)
-    logger = "{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: %s, name: ''}}" % run
+    logger = f"{{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: {run}, name: ''}}}}"
     command = [
-        *unveil_command(), "fit", "--config", recipe,
-        "--model.init_args.checkpoint", checkpoint,
-        "--model.init_args.random_init", str(random_init).lower(),
-        "--seed_everything", str(seed),
-        "--trainer.default_root_dir", str(run),
+        *unveil_command(),
+        "fit",
+        "--config",
+        recipe,
+        "--model.init_args.checkpoint",
+        checkpoint,
+        "--model.init_args.random_init",
+        str(random_init).lower(),
+        "--seed_everything",
+        str(seed),
+        "--trainer.default_root_dir",
+        str(run),
         f"--trainer.logger={logger}",
-        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_progress_bar",
+        "false",
         *extra,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False, env={**os.environ, "WANDB_MODE": "offline"}
+    )
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return last_metric(run, "val/top1")
@@ -85,7 +97,17 @@ def fit_recipe(recipe: str, checkpoint: str, random_init: bool, seed: int, work:
 def knn_row(checkpoint: str, data: str, input_size: int, random_init: bool, seed: int) -> dict[int, float]:
     from unveil.launch.knn import build_parser, run_knn
 
-    argv = [checkpoint, "--data", data, "--input-size", str(input_size), "--seed", str(seed), "--num-workers", "0"]
+    argv = [
+        checkpoint,
+        "--data",
+        data,
+        "--input-size",
+        str(input_size),
+        "--seed",
+        str(seed),
+        "--num-workers",
+        "0",
+    ]
     args = build_parser().parse_args(argv + (["--random-init"] if random_init else []))
     return {int(k): v for k, v in run_knn(args)["top1"].items()}
 
@@ -103,7 +125,9 @@ def main(argv=None) -> int:
     parser.add_argument("--input-size", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=None, help="max_steps of the probe and fine-tuning runs")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size of those runs (default: the recipes')")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="batch size of those runs (default: the recipes')"
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["knn", "linprobe", "finetune"])
     parser.add_argument("--mavil-checkpoint", default=None, help="MAViL quickstart stage-1 checkpoint")
     parser.add_argument("--mavil-data", default="data/mavil_av")
@@ -113,7 +137,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="eval_proof-"))
     # the rows score the last validation, which must come at the final step
-    steps = ["--trainer.max_steps", str(args.steps), "--trainer.val_check_interval", str(args.steps)] if args.steps else []
+    steps = (
+        ["--trainer.max_steps", str(args.steps), "--trainer.val_check_interval", str(args.steps)]
+        if args.steps
+        else []
+    )
     if args.batch_size:
         steps += ["--data.init_args.batch_size", str(args.batch_size)]
     data = ["--data.init_args.root", args.data]
@@ -129,27 +157,54 @@ def main(argv=None) -> int:
             for start in STARTS:
                 random_init = start == "random init"
                 if "knn" not in args.skip:
-                    for k, value in knn_row(args.checkpoint, args.data, args.input_size, random_init, seed).items():
+                    for k, value in knn_row(
+                        args.checkpoint, args.data, args.input_size, random_init, seed
+                    ).items():
                         record(f"MAE kNN top-1 (k={k})", start, value)
                 if "linprobe" not in args.skip:
-                    value = fit_recipe("quickstart_linprobe", args.checkpoint, random_init, seed, work, steps + data)
+                    value = fit_recipe(
+                        "quickstart_linprobe", args.checkpoint, random_init, seed, work, steps + data
+                    )
                     record("MAE linear probe top-1", start, value)
                 if "finetune" not in args.skip:
-                    value = fit_recipe("quickstart_finetune", args.checkpoint, random_init, seed, work, steps + data)
+                    value = fit_recipe(
+                        "quickstart_finetune", args.checkpoint, random_init, seed, work, steps + data
+                    )
                     record("MAE fine-tuning top-1", start, value)
     if args.mavil_checkpoint:
-        mavil_steps = (["--trainer.max_steps", str(args.mavil_steps), "--trainer.val_check_interval",
-                        str(args.mavil_steps)] if args.mavil_steps else [])
+        mavil_steps = (
+            [
+                "--trainer.max_steps",
+                str(args.mavil_steps),
+                "--trainer.val_check_interval",
+                str(args.mavil_steps),
+            ]
+            if args.mavil_steps
+            else []
+        )
         for seed in args.seeds:
             for modality in ("audio", "video", "audio_video"):
                 for start in STARTS:
-                    extra = [*mavil_steps, "--model.init_args.modality", modality,
-                             "--data.init_args.root", args.mavil_data]
-                    value = fit_recipe("quickstart_finetune_mavil", args.mavil_checkpoint, start == "random init",
-                                       seed, work / modality, extra)
+                    extra = [
+                        *mavil_steps,
+                        "--model.init_args.modality",
+                        modality,
+                        "--data.init_args.root",
+                        args.mavil_data,
+                    ]
+                    value = fit_recipe(
+                        "quickstart_finetune_mavil",
+                        args.mavil_checkpoint,
+                        start == "random init",
+                        seed,
+                        work / modality,
+                        extra,
+                    )
                     record(f"MAViL {modality} fine-tuning top-1", start, value)
 
-    print(f"\n| evaluation ({len(args.seeds)} seed{'s' * (len(args.seeds) > 1)}) | pretrained | random init |")
+    print(
+        f"\n| evaluation ({len(args.seeds)} seed{'s' * (len(args.seeds) > 1)}) | pretrained | random init |"
+    )
     print("|---|---|---|")
     for name, values in rows.items():
         print(f"| {name} | {summary(values.get(STARTS[0], []))} | {summary(values.get(STARTS[1], []))} |")

@@ -16,7 +16,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-SERIES = {"probe/knn_top1": ((31, 119, 180), "kNN top-1 (k=20)"), "probe/linear_top1": ((214, 39, 40), "linear top-1")}
+SERIES = {
+    "probe/knn_top1": ((31, 119, 180), "kNN top-1 (k=20)"),
+    "probe/linear_top1": ((214, 39, 40), "linear top-1"),
+}
 
 
 def read_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -41,8 +44,8 @@ def draw(curves: dict[str, list[tuple[int, float]]], chance: float | None, title
     image = Image.new("RGB", (width, height), "white")
     pen = ImageDraw.Draw(image)
     max_step = max(step for values in curves.values() for step, _ in values)
-    x_of = lambda step: left + (width - left - right) * step / max_step  # noqa: E731
-    y_of = lambda value: top + (height - top - bottom) * (1.0 - value)  # noqa: E731
+    x_of = lambda step: left + (width - left - right) * step / max_step
+    y_of = lambda value: top + (height - top - bottom) * (1.0 - value)
     for tick in range(0, 11, 2):  # accuracy grid, 0 to 1
         y = y_of(tick / 10)
         pen.line([(left, y), (width - right, y)], fill=(225, 225, 225))

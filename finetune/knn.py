@@ -142,7 +142,9 @@ def knn_predict(
     if train_features.shape[0] != train_labels.shape[0]:
         raise ValueError(f"{train_features.shape[0]} training features but {train_labels.shape[0]} labels")
     if train_labels.numel() and (int(train_labels.max()) >= num_classes or int(train_labels.min()) < 0):
-        raise ValueError(f"training labels must lie in [0, {num_classes}), got {train_labels.unique().tolist()}")
+        raise ValueError(
+            f"training labels must lie in [0, {num_classes}), got {train_labels.unique().tolist()}"
+        )
     max_k = max(ks)
     train_t = train_features.t().contiguous()  # [C, N_rank]
     scores: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
@@ -153,7 +155,9 @@ def knn_predict(
         values, neighbour_labels = gather_uneven(values.t()).t(), gather_uneven(neighbour_labels.t()).t()
         values, neighbour_labels = _topk_merge(values, neighbour_labels, max_k)  # sorted, largest first
         weights = (values / temperature).exp()  # [q, K]
-        votes = F.one_hot(neighbour_labels, num_classes).to(weights.dtype) * weights.unsqueeze(-1)  # [q, K, classes]
+        votes = F.one_hot(neighbour_labels, num_classes).to(weights.dtype) * weights.unsqueeze(
+            -1
+        )  # [q, K, classes]
         for k in ks:
             scores[k].append(votes[:, :k].sum(dim=1))
     return {k: torch.cat(parts) for k, parts in scores.items()}
@@ -173,5 +177,7 @@ def knn_accuracy(
     """Top-1 accuracy for each k in ``ks``; every argument holds this rank's share only (the queries are
     gathered across ranks here, the training features stay where they are). Same result on every rank."""
     query_features, query_labels = gather_uneven(query_features), gather_uneven(query_labels)
-    scores = knn_predict(train_features, train_labels, query_features, num_classes, ks, temperature, chunk_size)
+    scores = knn_predict(
+        train_features, train_labels, query_features, num_classes, ks, temperature, chunk_size
+    )
     return {k: (score.argmax(dim=1) == query_labels).float().mean().item() for k, score in scores.items()}

@@ -69,7 +69,9 @@ class OnlineProbes(pl.Callback):
     ) -> None:
         super().__init__()
         if every_n_steps < 1 or k < 1 or bank_size < 1:
-            raise ValueError(f"every_n_steps, k and bank_size must be >= 1, got {every_n_steps}, {k}, {bank_size}")
+            raise ValueError(
+                f"every_n_steps, k and bank_size must be >= 1, got {every_n_steps}, {k}, {bank_size}"
+            )
         self.backbone_path = backbone
         self.input_key = input_key
         self.num_classes = num_classes
@@ -107,7 +109,9 @@ class OnlineProbes(pl.Callback):
             return None
         labels = batch["label"]
         if labels.dim() != 1 or labels.is_floating_point():
-            rank_zero_warn(f"OnlineProbes: off, they need one integer label per sample (got {tuple(labels.shape)})")
+            rank_zero_warn(
+                f"OnlineProbes: off, they need one integer label per sample (got {tuple(labels.shape)})"
+            )
             self.num_classes = None
             return None
         backbone = self._backbone(pl_module)
@@ -118,7 +122,9 @@ class OnlineProbes(pl.Callback):
         finally:
             backbone.train(was_training)
         if features.shape[0] != labels.shape[0]:
-            rank_zero_warn(f"OnlineProbes: off, {features.shape[0]} inputs but {labels.shape[0]} labels in a batch")
+            rank_zero_warn(
+                f"OnlineProbes: off, {features.shape[0]} inputs but {labels.shape[0]} labels in a batch"
+            )
             self.num_classes = None
             return None
         return features.detach().float(), labels.long()
@@ -177,7 +183,9 @@ class OnlineProbes(pl.Callback):
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._val_features, self._val_labels = [], []
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if trainer.sanity_checking or self.num_classes is None:
             return
         found = self._features(pl_module, batch)
@@ -197,7 +205,9 @@ class OnlineProbes(pl.Callback):
         bank = torch.cat(self._bank_features)[-self.bank_size :]
         bank_labels = torch.cat(self._bank_labels)[-self.bank_size :]
         queries, query_labels = gather_uneven(F.normalize(features, dim=1)), gather_uneven(labels)
-        scores = knn_predict(bank, bank_labels, queries, self.num_classes, ks=(self.k,), temperature=self.temperature)
+        scores = knn_predict(
+            bank, bank_labels, queries, self.num_classes, ks=(self.k,), temperature=self.temperature
+        )
         knn_top1 = (scores[self.k].argmax(dim=1) == query_labels).float().mean().item()
         # the values are already the same on every rank
         pl_module.log("probe/linear_top1", linear_top1, rank_zero_only=True)

@@ -30,8 +30,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="unveil knn", description="kNN top-1 of a backbone's frozen features (dinov2 protocol).")
-    parser.add_argument("checkpoint", help="an unveil export, a pretraining .ckpt, or an official Hiera state dict")
+    parser = _Parser(
+        prog="unveil knn", description="kNN top-1 of a backbone's frozen features (dinov2 protocol)."
+    )
+    parser.add_argument(
+        "checkpoint", help="an unveil export, a pretraining .ckpt, or an official Hiera state dict"
+    )
     parser.add_argument("--data", required=True, help="ImageNet-layout folder with the train and val splits")
     parser.add_argument("--input-size", type=int, default=224, help="side of the centre crop (default 224)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -40,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--val-split", default="val")
-    parser.add_argument("--model", default=None, help="factory name for a plain state dict (hiera_tiny_224, ...)")
+    parser.add_argument(
+        "--model", default=None, help="factory name for a plain state dict (hiera_tiny_224, ...)"
+    )
     parser.add_argument("--random-init", action="store_true", help="the same architecture, weights untrained")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     parser.add_argument("--json", default=None, help="also write the result to this JSON file")
@@ -58,14 +64,18 @@ def run_knn(args: argparse.Namespace) -> dict:
     data = Path(args.data)
     for split in (args.train_split, args.val_split):
         if not (data / split).is_dir():
-            raise UsageError(f"no folder '{data / split}' (run 'unveil synth images --out {data}' to generate one)")
+            raise UsageError(
+                f"no folder '{data / split}' (run 'unveil synth images --out {data}' to generate one)"
+            )
     torch.manual_seed(args.seed)
     try:
         loaded = load_pretrained_backbone(args.checkpoint, model=args.model, random_init=args.random_init)
     except (ValueError, FileNotFoundError) as error:
         raise UsageError(str(error).splitlines()[0]) from None
     if loaded.kind != "hiera":
-        raise UsageError(f"'{args.checkpoint}' holds a {loaded.kind} backbone; 'unveil knn' evaluates image backbones")
+        raise UsageError(
+            f"'{args.checkpoint}' holds a {loaded.kind} backbone; 'unveil knn' evaluates image backbones"
+        )
     transform = image_eval_transform(args.input_size)
     features = {}
     for split in (args.train_split, args.val_split):
@@ -76,11 +86,25 @@ def run_knn(args: argparse.Namespace) -> dict:
     val_features, val_labels, val_classes = features[args.val_split]
     if val_classes != classes:
         raise UsageError(f"the class folders of '{args.val_split}' and '{args.train_split}' differ")
-    top1 = knn_accuracy(train_features, train_labels, val_features, val_labels, len(classes), ks=args.k,
-                        temperature=args.temperature)
-    return {"checkpoint": str(args.checkpoint), "source": loaded.source, "data": str(data),
-            "train_samples": len(train_labels), "val_samples": len(val_labels), "classes": len(classes),
-            "temperature": args.temperature, "top1": top1}
+    top1 = knn_accuracy(
+        train_features,
+        train_labels,
+        val_features,
+        val_labels,
+        len(classes),
+        ks=args.k,
+        temperature=args.temperature,
+    )
+    return {
+        "checkpoint": str(args.checkpoint),
+        "source": loaded.source,
+        "data": str(data),
+        "train_samples": len(train_labels),
+        "val_samples": len(val_labels),
+        "classes": len(classes),
+        "temperature": args.temperature,
+        "top1": top1,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,8 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         sys.stderr.write(f"unveil knn: error: {error}\n")
         return 2
-    print(f"kNN (cosine, T={result['temperature']}) of {result['source']} on {result['data']}: "
-          f"{result['train_samples']} train -> {result['val_samples']} val, {result['classes']} classes")
+    print(
+        f"kNN (cosine, T={result['temperature']}) of {result['source']} on {result['data']}: "
+        f"{result['train_samples']} train -> {result['val_samples']} val, {result['classes']} classes"
+    )
     for k, accuracy in result["top1"].items():
         print(f"  k={k:<4d} top-1 {accuracy:.4f}")
     if args.json:

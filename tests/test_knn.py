@@ -37,7 +37,9 @@ def random_features(count, dim=16, classes=5, seed=0):
 def test_vote_matches_direct_computation(chunk_size):
     train, train_labels = random_features(60)
     queries, _ = random_features(17, seed=1)
-    scores = knn_predict(train, train_labels, queries, 5, ks=(1, 10, 100), temperature=0.07, chunk_size=chunk_size)
+    scores = knn_predict(
+        train, train_labels, queries, 5, ks=(1, 10, 100), temperature=0.07, chunk_size=chunk_size
+    )
     for k in (1, 10, 100):  # k = 100 > 60 training samples: all of them vote
         expected = reference_knn(train, train_labels, queries, 5, min(k, 60), 0.07)
         torch.testing.assert_close(scores[k], expected, rtol=1e-5, atol=1e-6)
@@ -74,7 +76,10 @@ def test_extract_features_of_a_hiera_backbone():
     torch.manual_seed(0)
     model = Hiera(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), num_classes=0)
     images = torch.randn(6, 3, 64, 64)
-    batches = [{"image": images[:4], "label": torch.tensor([0, 1, 2, 3])}, {"image": images[4:], "label": torch.tensor([1, 0])}]
+    batches = [
+        {"image": images[:4], "label": torch.tensor([0, 1, 2, 3])},
+        {"image": images[4:], "label": torch.tensor([1, 0])},
+    ]
     model.train()
     features, labels = extract_features(model, batches)
     assert model.training  # mode restored
@@ -90,7 +95,11 @@ def test_ddp_gathers_give_the_single_process_result(tmp_path):
     """Two gloo processes, each holding an uneven share of the training set and of the queries."""
     result = subprocess.run(
         [sys.executable, str(HERE / "knn_ddp_worker.py"), str(tmp_path)],
-        capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ddp knn ok" in result.stdout
@@ -98,8 +107,15 @@ def test_ddp_gathers_give_the_single_process_result(tmp_path):
 
 def unveil(*args, cwd):
     script = Path(sys.executable).with_name("unveil")
-    return subprocess.run([str(script), *args], capture_output=True, text=True, cwd=cwd, timeout=300,
-                          env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "2"})
+    return subprocess.run(
+        [str(script), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        timeout=300,
+        env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "2"},
+    )
 
 
 def test_unveil_knn_command_on_an_export(tmp_path):
@@ -110,13 +126,32 @@ def test_unveil_knn_command_on_an_export(tmp_path):
     from unveil.datasets.synth import make_image_folder
     from unveil.models.hiera import Hiera
 
-    make_image_folder(tmp_path / "data" / "shapes", num_classes=3, train_per_class=5, val_per_class=2, size=64,
-                      progress=False)
+    make_image_folder(
+        tmp_path / "data" / "shapes",
+        num_classes=3,
+        train_per_class=5,
+        val_per_class=2,
+        size=64,
+        progress=False,
+    )
     torch.manual_seed(1)
     model = Hiera(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), num_classes=0)
     save_backbone(tmp_path / "tiny.pt", model.state_dict(), architecture_of(model))
-    result = unveil("knn", "tiny.pt", "--data", "data/shapes", "--input-size", "64", "--k", "1", "3", "20",
-                    "--json", "knn.json", cwd=tmp_path)
+    result = unveil(
+        "knn",
+        "tiny.pt",
+        "--data",
+        "data/shapes",
+        "--input-size",
+        "64",
+        "--k",
+        "1",
+        "3",
+        "20",
+        "--json",
+        "knn.json",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "15 train -> 6 val, 3 classes" in result.stdout and "k=20" in result.stdout
     saved = json.loads((tmp_path / "knn.json").read_text())
@@ -132,18 +167,35 @@ def test_unveil_knn_command_on_an_export(tmp_path):
     expected = knn_accuracy(*train, *val, 3, ks=(1, 3, 20))
     assert {int(k): v for k, v in saved["top1"].items()} == pytest.approx(expected)
 
-    random = unveil("knn", "tiny.pt", "--data", "data/shapes", "--input-size", "64", "--random-init", cwd=tmp_path)
+    random = unveil(
+        "knn", "tiny.pt", "--data", "data/shapes", "--input-size", "64", "--random-init", cwd=tmp_path
+    )
     assert random.returncode == 0 and "random init" in random.stdout
 
     # a pretraining checkpoint (as MAEPretrainModule saves it: model.* weights and the recorded architecture)
     from unveil.common.checkpoints import ARCHITECTURE_KEY
     from unveil.models import MaskedAutoencoderHiera
 
-    mae = MaskedAutoencoderHiera(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 1, 1),
-                                 decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=1)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in mae.state_dict().items()}, "global_step": 3,
-                ARCHITECTURE_KEY: architecture_of(mae).as_dict()}, tmp_path / "last.ckpt")
-    from_ckpt = unveil("knn", "last.ckpt", "--data", "data/shapes", "--input-size", "64", "--k", "20", cwd=tmp_path)
+    mae = MaskedAutoencoderHiera(
+        input_size=(64, 64),
+        embed_dim=16,
+        num_heads=1,
+        stages=(1, 1, 1, 1),
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=1,
+    )
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in mae.state_dict().items()},
+            "global_step": 3,
+            ARCHITECTURE_KEY: architecture_of(mae).as_dict(),
+        },
+        tmp_path / "last.ckpt",
+    )
+    from_ckpt = unveil(
+        "knn", "last.ckpt", "--data", "data/shapes", "--input-size", "64", "--k", "20", cwd=tmp_path
+    )
     assert from_ckpt.returncode == 0, from_ckpt.stderr[-2000:]
     assert "'last.ckpt'" in from_ckpt.stdout and "k=20" in from_ckpt.stdout
 
