@@ -7,8 +7,9 @@ learning rate at its own global batch (Hiera's Tables 11 and 14) is written as `
 ``base_batch_size`` = that batch, so the optimiser gets exactly the table's rate at the table's batch and a
 linearly scaled one at any other.
 
-The schedule is timm's ``CosineLRScheduler`` driven per optimiser step (``step_update``), so a LightningModule
-using it overrides ``lr_scheduler_step`` (see ``MAEPretrainModule``).
+The scaling rule and the schedule live in ``unveil.common.schedule`` (fine-tuning uses them too) and are
+importable from here. The schedule is timm's ``CosineLRScheduler`` driven per optimiser step (``step_update``),
+so a LightningModule using it overrides ``lr_scheduler_step`` (see ``MAEPretrainModule``).
 """
 
 from __future__ import annotations
@@ -18,20 +19,13 @@ from collections.abc import Collection
 from fnmatch import fnmatchcase
 
 import torch
-from timm.scheduler import CosineLRScheduler
 from torch import nn
-
-REFERENCE_BATCH_SIZE = 256
-"""The default ``base_batch_size``: MAE's linear scaling rule, ``lr = base_lr * effective_batch_size / 256``
-(He et al. 2022)."""
-
-
-def scaled_lr(base_lr: float, effective_batch_size: int, reference: int = REFERENCE_BATCH_SIZE) -> float:
-    """The absolute learning rate for ``effective_batch_size`` samples per optimiser step."""
-    if effective_batch_size <= 0:
-        raise ValueError(f"effective batch size must be positive, got {effective_batch_size}")
-    return base_lr * effective_batch_size / reference
-
+from unveil.common.schedule import (  # noqa: F401  (shared with fine-tuning; importable from here as before)
+    REFERENCE_BATCH_SIZE,
+    scaled_lr,
+    warmup_cosine_lr,
+    warmup_cosine_scheduler,
+)
 
 WRAPPER_NAME_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 """What FSDP, activation checkpointing and ``torch.compile`` insert into parameter names."""
@@ -113,44 +107,6 @@ def implementation(optimizer: torch.optim.Optimizer) -> str:
     if defaults.get("fused"):
         return "fused"
     return "foreach" if defaults.get("foreach") else "for-loop"
-
-
-def warmup_cosine_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr: float = 0.0
-) -> CosineLRScheduler:
-    """Linear warmup from 0 over ``warmup_steps``, then a half cosine from the optimiser's lr down to ``min_lr``
-    at ``total_steps``; updated per optimiser step with ``scheduler.step_update(num_updates=step)``.
-
-    At step ``t`` this is ``lr * t / warmup_steps`` during warmup, then
-    ``min_lr + (lr - min_lr) * (1 + cos(pi * (t - warmup_steps) / (total_steps - warmup_steps))) / 2``.
-    """
-    if not math.isfinite(total_steps) or total_steps <= 0:
-        raise ValueError(
-            f"the schedule needs a finite number of training steps, got {total_steps}; "
-            "set trainer.max_epochs or trainer.max_steps"
-        )
-    total_steps, warmup_steps = int(total_steps), int(warmup_steps)
-    if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"warmup steps ({warmup_steps}) must be in [0, total steps = {total_steps}]")
-    return CosineLRScheduler(
-        optimizer,
-        t_initial=max(total_steps - warmup_steps, 1),
-        lr_min=min_lr,
-        warmup_t=warmup_steps,
-        warmup_lr_init=0.0,
-        warmup_prefix=True,  # the cosine starts where the warmup ends, as in MAE
-        cycle_limit=1,
-        t_in_epochs=False,
-    )
-
-
-def warmup_cosine_lr(step: int, lr: float, total_steps: int, warmup_steps: int, min_lr: float = 0.0) -> float:
-    """Closed form of ``warmup_cosine_scheduler`` at ``step`` (for tests and plots)."""
-    if step < warmup_steps:
-        return lr * step / warmup_steps
-    decay_steps = max(total_steps - warmup_steps, 1)
-    progress = min((step - warmup_steps) / decay_steps, 1.0)
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class WarmupCosineAdamW:
