@@ -149,6 +149,29 @@ class VOSFolder(SkipBadSamples, Dataset):
                     masks[object_id] = mask
         return masks
 
+    def video_annotations(self, index: int) -> tuple[Path, list[str], list[int], torch.Tensor]:
+        """For evaluation: the video's JPEG folder, the names (stems) of its annotated frames, the ids of
+        the objects of the first one, and their masks over the annotated frames, bool [T, O, H, W]
+        (the semi-supervised protocol)."""
+        video = self.videos[index]
+        stems, object_dirs = self._annotated_frames(video)
+        if not stems:
+            raise BadSample("no_annotations", f"{self._path_of(index)}: no annotated frame with a JPEG")
+        first = self._read_labels(video, stems[0], object_dirs)
+        if not first:
+            raise BadSample(
+                "no_annotations", f"{self._path_of(index)}/{stems[0]}.png: no object in the first frame"
+            )
+        ids = sorted(first)
+        height, width = next(iter(first.values())).shape
+        masks = np.zeros((len(stems), len(ids), height, width), dtype=bool)
+        for t, stem in enumerate(stems):
+            labels = first if t == 0 else self._read_labels(video, stem, object_dirs)
+            for o, object_id in enumerate(ids):
+                if object_id in labels:
+                    masks[t, o] = labels[object_id]
+        return self.images / video, stems, ids, torch.from_numpy(masks)
+
     def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         video = self.videos[index]
         stems, object_dirs = self._annotated_frames(video)
