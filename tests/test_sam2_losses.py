@@ -1,7 +1,10 @@
 """SAM 2 loss parity with the official ``training.loss_fns.MultiStepMultiMasksAndIous`` (sam2 1.1.0)."""
 
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,3 +113,20 @@ def test_bad_targets_are_named():
     preds = [StepPredictions([torch.randn(1, 1, 8, 8)], [torch.rand(1, 1)], [torch.zeros(1, 1)])]
     with pytest.raises(ValueError, match="targets must be"):
         SAM2Loss()(preds, torch.zeros(2, 1, 8, 8))
+
+
+@pytest.mark.slow  # ~60 s on 2 shared cores: two spawned gloo processes
+def test_object_count_is_all_reduced_like_the_official_loss(tmp_path):
+    """Two gloo ranks with 1 and 4 objects: both normalise by 2.5, and equal the official loss on each rank."""
+    here = Path(__file__).parent
+    result = subprocess.run(
+        [sys.executable, str(here / "sam2_loss_ddp_worker.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        cwd=here,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ddp sam2 loss ok" in result.stdout
