@@ -115,13 +115,13 @@ class SAM2Loss(nn.Module):
                 f"SAM2Loss: targets must be [T, N, H, W] with T = {len(frames)} frames, got {tuple(targets.shape)}"
             )
         num_objects = mean_object_count(targets.shape[1], targets.device)
+        dtype = frames[0].masks[0].dtype  # float64 predictions give a float64 loss (the parity tests use it)
         totals = {
-            name: targets.new_zeros((), dtype=torch.float32)
-            for name in ("focal", "dice", "iou", "object_score")
+            name: targets.new_zeros((), dtype=dtype) for name in ("focal", "dice", "iou", "object_score")
         }
         for preds, frame_target in zip(frames, targets):
-            target = frame_target.float().unsqueeze(1)  # [N, 1, H, W]
-            present = (frame_target.flatten(1) > 0).any(-1).float()  # [N]
+            target = frame_target.to(dtype).unsqueeze(1)  # [N, 1, H, W]
+            present = (frame_target.flatten(1) > 0).any(-1).to(dtype)  # [N]
             for masks, ious, score_logits in zip(preds.masks, preds.ious, preds.object_score_logits):
                 if masks.shape[-2:] != target.shape[-2:] or masks.shape[0] != target.shape[0]:
                     raise ValueError(
