@@ -210,20 +210,24 @@ def _tiny_fit_steps(module: pl.LightningModule, loader: DataLoader, tmp_path, st
 
 @pytest.mark.slow
 def test_compiled_mae_training_matches_eager(tmp_path):
-    """Two optimiser steps of a tiny MAE, compiled (inductor) and eager: the same weights to float tolerance;
-    a partial last batch is skipped rather than compiled again."""
+    """Training steps of a tiny MAE, compiled (inductor) and eager, from the same weights: the same losses to
+    float tolerance (weights are not compared: Adam's first updates are about lr * sign(grad), so float noise
+    in a near-zero gradient moves a weight by up to 2 lr); a partial last batch is skipped, not recompiled."""
     images = torch.randn(5, 3, 64, 64)
     loader = DataLoader([{"image": im} for im in images], batch_size=2)  # batches of 2, 2, 1
-    weights = []
+    losses = []
     for compile in (False, True):
         pl.seed_everything(0)
         module = MAEPretrainModule(MaskedAutoencoderHiera(**TINY_IMAGE), lr=1e-3, warmup_steps=0,
                                    log_images_every_n_steps=0, compile=compile)
-        _tiny_fit_steps(module, loader, tmp_path, steps=3)
-        weights.append(torch.cat([p.detach().flatten() for p in module.model.parameters()]))
+        with mock.patch.object(MAEPretrainModule, "log", autospec=True, side_effect=pl.LightningModule.log) as log:
+            _tiny_fit_steps(module, loader, tmp_path, steps=3)
+        losses.append(torch.stack([c.args[2].detach() for c in log.call_args_list if c.args[1] == "train/loss"]))
         if compile:
             assert module._skipped_batches == 1
-    assert torch.allclose(weights[0], weights[1], atol=1e-5), (weights[0] - weights[1]).abs().max()
+    # eager: batches of 2, 2, 1; compiled: 2, 2, (1 skipped), then the next epoch's first batch
+    assert len(losses[0]) == len(losses[1]) == 3
+    assert torch.allclose(losses[0][:2], losses[1][:2], rtol=1e-4), losses
 
 
 # ---------------------------------------------------------------------------------------------- optimiser, logging
