@@ -7,6 +7,7 @@
     unveil synth images --out DIR [...]              write a synthetic image dataset (ImageNet layout)
     unveil synth videos --out DIR [...]              write a synthetic video dataset (Kinetics layout)
     unveil export CKPT --format FORMAT --out PATH    write a checkpoint's backbone for another codebase
+    unveil knn CKPT --data DIR [...]                 kNN top-1 of a backbone's frozen features on an image folder
     unveil slurm --config RECIPE [--nodes N ...]     submit a recipe to SLURM (resumes after preemption)
 
 RECIPE is a YAML path or the name of a shipped recipe (``unveil recipes``). Mistakes in a recipe or on the
@@ -27,7 +28,7 @@ from unveil.launch.recipes import RecipeNotFoundError, resolve_recipe, shipped_p
 
 EXIT_USAGE = 2
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
-COMMANDS = (*TRAINER_COMMANDS, "recipes", "synth", "shards", "export", "slurm", "segment")
+COMMANDS = (*TRAINER_COMMANDS, "recipes", "synth", "shards", "export", "knn", "slurm", "segment")
 SYNTH_KINDS = {
     "images": "make_image_folder",
     "videos": "make_video_folder",
@@ -232,7 +233,7 @@ def _make_cli_class():
             # sets neither trainer.logger nor trainer.callbacks: see unveil.launch.run_defaults.
             from unveil.launch.run_defaults import recipe_run_defaults
 
-            defaults = recipe_run_defaults(self.config_files[0]) if self.config_files else None
+            defaults = recipe_run_defaults(self.config_files[0], self.raw_args) if self.config_files else None
             if defaults:
                 parser.set_defaults({f"trainer.{key}": value for key, value in defaults.items()})
 
@@ -389,7 +390,7 @@ def run_synth(argv: list[str]) -> None:
     print(f"wrote {kind} to {out}")
 
 
-USAGE = """usage: unveil {fit,validate,test,predict,recipes,synth,shards,export,slurm} ...
+USAGE = """usage: unveil {fit,validate,test,predict,recipes,synth,shards,export,knn,slurm} ...
 
   unveil fit --config RECIPE [--key value ...]   train with a recipe (a path, or a name from 'unveil recipes')
   unveil validate|test --config RECIPE [...]     run the validation / test loop of a recipe
@@ -402,6 +403,7 @@ USAGE = """usage: unveil {fit,validate,test,predict,recipes,synth,shards,export,
   unveil shards make KIND --out DIR [...]        convert a folder/CSV source into WebDataset shards
   unveil shards info SHARDS                      list a shard set's index
   unveil export CKPT --format FORMAT --out PATH  write the backbone of a checkpoint (unveil, hiera, timm, sam2, ...)
+  unveil knn CKPT --data DIR [--input-size N]    kNN top-1 of a backbone's frozen features (dinov2's protocol)
   unveil slurm --config RECIPE [--nodes N ...]   write an sbatch script for a recipe and submit it
   unveil segment image|video SRC --point ...     SAM 2 masks drawn over an image or a video
 
@@ -434,6 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from unveil.launch import export
 
             return export.main(rest)
+        elif command == "knn":
+            from unveil.launch import knn
+
+            return knn.main(rest)
         elif command == "slurm":
             from unveil.launch import slurm
 
