@@ -183,7 +183,10 @@ class DecordVideo(VideoFrames):
         super().__init__(stamps[:, 0] - stamps[0, 0], float(stamps[-1, 1] - stamps[0, 0]))
 
     def _read_sorted(self, indices: list[int]) -> torch.Tensor:
-        return torch.from_numpy(self.reader.get_batch(indices).asnumpy())
+        batch = self.reader.get_batch(indices)  # [n, H, W, 3] uint8
+        # decord's output type is process-wide state: an NDArray, or a torch tensor once any code (the official
+        # SAM 2 loader, for one) has called decord.bridge.set_bridge('torch').
+        return batch if isinstance(batch, torch.Tensor) else torch.from_numpy(batch.asnumpy())
 
 
 class PyAVVideo(VideoFrames):

@@ -156,6 +156,7 @@ def write_frames(folder: Path, count: int = 8, size=(240, 320)) -> Path:
     return folder
 
 
+@pytest.mark.slow  # about 2 minutes on 2 cores: the official predictor is slow on the CPU
 def test_video_predictor_matches_official_tiny_256(tmp_path):
     _video_parity("tiny", 256, tmp_path)
 

@@ -231,6 +231,20 @@ def test_open_video_shows_what_pyav_shows(clips, reference, name, as_bytes):
     assert video.frame_at(1.0) == round(1.0 * FPS) and video.first_frame_from(1.01) == round(1.0 * FPS) + 1
 
 
+def test_open_video_reads_the_same_frames_with_decords_torch_bridge(clips, reference):
+    """decord's output type is process-wide: the official SAM 2 loader sets the torch bridge for everyone."""
+    import decord
+
+    times, shown = reference["plain"]
+    decord.bridge.set_bridge("torch")
+    try:
+        video = open_video(clips["plain"])
+        assert isinstance(video, DecordVideo)
+        assert codes(video.read([0, 7, len(shown) - 1])) == [shown[0], shown[7], shown[-1]]
+    finally:
+        decord.bridge.set_bridge("native")
+
+
 def _video_folder(root: Path, clips) -> Path:
     for name, path in clips.items():
         (root / "train" / name).mkdir(parents=True, exist_ok=True)
