@@ -118,6 +118,7 @@ def unveil(*args, cwd):
     )
 
 
+@pytest.mark.slow  # about a minute: three CLI runs
 def test_unveil_knn_command_on_an_export(tmp_path):
     """``unveil knn EXPORT --data DIR`` (the README's command) on a tiny exported Hiera, and its random-init row."""
     import json
