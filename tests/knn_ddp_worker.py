@@ -30,6 +30,7 @@ def worker(rank: int, world_size: int, init_file: str, queue) -> None:
     accuracy = knn_accuracy(ts[rank], tls[rank], qs[rank], qls[rank], 4, ks=(1, 5, 20, 200), chunk_size=4)
     scores = knn_predict(ts[rank], tls[rank], queries, 4, ks=(5, 20), chunk_size=7)  # the full query set
     queue.put((rank, accuracy, {k: v.clone() for k, v in scores.items()}))
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
 

@@ -60,10 +60,11 @@ def run(rank: int, port: int, out_file: str) -> None:
         with torch.no_grad():
             local_inter = float(module.compute_losses(local, masks=masks.select(share))["inter"])
         per_rank = [None] * WORLD
-        dist.all_gather_object(per_rank, ({k: float(v) for k, v in losses.items()}, local_inter))
+        dist.all_gather_object(per_rank, ({k: float(v.detach()) for k, v in losses.items()}, local_inter))
         if rank == 0:
             torch.save({"losses": [p[0] for p in per_rank], "local_inter": [p[1] for p in per_rank],
                         "grads": grads}, out_file)
+        dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         dist.destroy_process_group()
 

@@ -21,6 +21,7 @@ def worker(rank: int, init_file: str, queue) -> None:
     ours = SAM2Loss()(ours_in, targets)["loss"].item()
     official = _official_loss()(official_in, targets)["core_loss"].item()
     queue.put((rank, mean_object_count(objects, targets.device), ours, official))
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
 
