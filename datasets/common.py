@@ -11,9 +11,7 @@ number of DataLoader workers, and with DDP the ranks split each global batch int
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from unveil.common.seeding import derive_seed, run_seed  # noqa: F401  (importable from here too)
 
 log = logging.getLogger("unveil.datasets")
 
@@ -150,29 +149,6 @@ class SkipBadSamples:
 
 
 # --------------------------------------------------------------------------------------- resumable training data
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from ``parts`` (ints, strings), the same in every process, platform and Python version.
-
-    Python's ``hash`` of a str changes per process, and mixing seeds by addition collides
-    (``(1, 2)`` and ``(2, 1)``); a cryptographic digest of the parts' text does neither.
-    """
-    digest = hashlib.blake2b("/".join(str(part) for part in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def run_seed() -> int:
-    """The run's seed: the value ``seed_everything`` exported (``PL_GLOBAL_SEED``, which Lightning passes on
-    to DDP processes and which LightningCLI records in the saved config), else 0.
-
-    Never a fresh random value: every DDP rank, and a resumed run, must agree on it.
-    """
-    value = os.environ.get("PL_GLOBAL_SEED")
-    try:
-        return int(value) if value is not None else 0
-    except ValueError:
-        raise ValueError(f"PL_GLOBAL_SEED must be an integer, got {value!r}") from None
 
 
 @contextmanager
