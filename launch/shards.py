@@ -4,6 +4,7 @@
     unveil shards make videos --csv data/kinetics/train.csv --out shards/kinetics --short-side 320
     unveil shards make audio --csv data/audioset/train.csv --class-index data/audioset/class_labels_indices.csv --out shards/audioset
     unveil shards make audio-video --csv data/vggsound/train_av.csv --out shards/vggsound
+    unveil shards make vos --root data/davis --split train --out shards/davis
     unveil shards info shards/imagenet/train.json
 
 ``make`` writes ``OUT/PREFIX-000000.tar, ...`` and the index ``OUT/PREFIX.json`` (PREFIX: the split, or
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a folder/CSV dataset into size-limited tar shards and an index",
         description="Convert a folder/CSV dataset into size-limited tar shards plus an index (resumable).",
     )
-    make.add_argument("kind", choices=("images", "videos", "audio", "audio-video", "coco"))
+    make.add_argument("kind", choices=("images", "videos", "audio", "audio-video", "coco", "vos"))
     make.add_argument("--out", required=True, help="folder for the shards and the index")
     make.add_argument("--root", help="dataset folder (folder layout), and the base of relative CSV paths")
     make.add_argument("--split", default="train", help="split sub-folder of --root (default: train)")
@@ -125,9 +126,33 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
 
 
+def _run_make_vos(args: argparse.Namespace) -> None:
+    """Video object segmentation clips (SAM 2 training): a DAVIS/MOSE-layout --root, one sample per video."""
+    from unveil.datasets.shards import read_index
+    from unveil.datasets.vos_shards import make_vos_shards
+
+    if args.root is None or args.csv is not None:
+        raise ValueError("vos shards are made from a DAVIS/MOSE-layout folder: give --root (not --csv)")
+    path = make_vos_shards(
+        args.root,
+        args.out,
+        split=args.split,
+        prefix=args.prefix,
+        max_size=args.max_size,
+        max_count=args.max_count,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    index = read_index(path)
+    skipped = ", ".join(f"{reason} {count}" for reason, count in index["skipped"].items()) or "none"
+    print(f"{path}: {index['num_samples']} samples in {len(index['shards'])} shards (skipped: {skipped})")
+
+
 def run_make(args: argparse.Namespace) -> None:
     from unveil.datasets.shards import EncodeOptions, make_shards, read_index
 
+    if args.kind == "vos":
+        return _run_make_vos(args)
     _check(args)
     options = EncodeOptions(
         jpeg_quality=args.jpeg_quality,
