@@ -1,6 +1,10 @@
 """Data for unveil: sources (folders, CSV manifests), decoding, clip sampling, augmentation, synthetic
 datasets in real formats, and the LightningDataModules that recipes build.
 
+Each data kind has one pipeline (``ImagePipeline``, ``VideoPipeline``, ``AudioPipeline``,
+``AudioVideoPipeline``: ``load(path | bytes)`` then ``to_sample``) that the folder/CSV datasets
+(``PipelineDataset``) and the shard reader (``ShardDecoder``) share.
+
 Samples are dicts of tensors: images ``{"image": [3, H, W], "label", "key"}``, videos
 ``{"video": [3, T, H, W], "label", "key"}``, normalised with the ImageNet mean and std; audio
 ``{"fbank": [1, frames, 128], "label" (multi-hot), "key"}``, normalised AudioMAE-style; audio-video
@@ -22,6 +26,7 @@ _EXPORTS = {
     "AUDIOSET_MEAN": "audio",
     "AUDIOSET_STD": "audio",
     "AudioDataset": "audio",
+    "AudioPipeline": "audio",
     "ClassIndex": "audio",
     "FbankTransform": "audio",
     "decode_audio": "audio",
@@ -39,11 +44,13 @@ _EXPORTS = {
     "open_video": "frames",
     "IMAGENET_DEFAULT_MEAN": "common",
     "IMAGENET_DEFAULT_STD": "common",
+    "PipelineDataset": "common",
     "AudioDataModule": "datamodules",
     "AudioVideoDataModule": "datamodules",
     "ImageDataModule": "datamodules",
     "VideoDataModule": "datamodules",
     "ImageFolderDataset": "image",
+    "ImagePipeline": "image",
     "image_eval_transform": "image",
     "mae_image_transform": "image",
     "AudioShardDecoder": "shards",
@@ -51,6 +58,7 @@ _EXPORTS = {
     "EncodeOptions": "shards",
     "ImageShardDecoder": "shards",
     "ShardDataset": "shards",
+    "ShardDecoder": "shards",
     "ShardLoader": "shards",
     "VideoShardDecoder": "shards",
     "make_shards": "shards",
@@ -67,7 +75,7 @@ _EXPORTS = {
     "FullWindowVideoDataset": "video",
     "VideoDataset": "video",
     "clip_indices": "video",
-    "decode_clips": "video",
+    "VideoPipeline": "video",
     "mae_video_transform": "video",
     "read_video_csv": "video",
     "repeated_collate": "video",
@@ -81,6 +89,7 @@ __all__ = [
     "IMAGENET_DEFAULT_STD",
     "AudioDataModule",
     "AudioDataset",
+    "AudioPipeline",
     "AudioShardDecoder",
     "AudioVideoDataModule",
     "AudioVideoDataset",
@@ -94,8 +103,11 @@ __all__ = [
     "FullWindowVideoDataset",
     "ImageDataModule",
     "ImageFolderDataset",
+    "ImagePipeline",
     "ImageShardDecoder",
+    "PipelineDataset",
     "ShardDataset",
+    "ShardDecoder",
     "ShardLoader",
     "SkipCounter",
     "SkipCounterCallback",
@@ -103,10 +115,10 @@ __all__ = [
     "VideoDataModule",
     "VideoDataset",
     "VideoFrames",
+    "VideoPipeline",
     "VideoShardDecoder",
     "clip_indices",
     "decode_audio",
-    "decode_clips",
     "image_eval_transform",
     "kaldi_fbank",
     "list_frames",
@@ -135,6 +147,7 @@ if TYPE_CHECKING:
         AUDIOSET_MEAN,
         AUDIOSET_STD,
         AudioDataset,
+        AudioPipeline,
         ClassIndex,
         FbankTransform,
         decode_audio,
@@ -149,7 +162,7 @@ if TYPE_CHECKING:
         load_av_clip,
         read_av_manifest,
     )
-    from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PipelineDataset
     from unveil.datasets.datamodules import (
         AudioDataModule,
         AudioVideoDataModule,
@@ -157,13 +170,19 @@ if TYPE_CHECKING:
         VideoDataModule,
     )
     from unveil.datasets.frames import FrameFolder, VideoFrames, list_frames, open_video
-    from unveil.datasets.image import ImageFolderDataset, image_eval_transform, mae_image_transform
+    from unveil.datasets.image import (
+        ImageFolderDataset,
+        ImagePipeline,
+        image_eval_transform,
+        mae_image_transform,
+    )
     from unveil.datasets.shards import (
         AudioShardDecoder,
         AudioVideoShardDecoder,
         EncodeOptions,
         ImageShardDecoder,
         ShardDataset,
+        ShardDecoder,
         ShardLoader,
         VideoShardDecoder,
         make_shards,
@@ -180,8 +199,8 @@ if TYPE_CHECKING:
     from unveil.datasets.video import (
         FullWindowVideoDataset,
         VideoDataset,
+        VideoPipeline,
         clip_indices,
-        decode_clips,
         mae_video_transform,
         read_video_csv,
         repeated_collate,

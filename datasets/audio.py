@@ -40,9 +40,8 @@ import torch
 import torch.nn.functional as F
 import torchaudio.functional
 import torchaudio.transforms
-from torch.utils.data import Dataset
 from torchaudio.compliance import kaldi
-from unveil.datasets.common import SkipBadSamples, list_class_files
+from unveil.datasets.common import PipelineDataset, list_class_files
 from unveil.datasets.skips import BadSample
 
 SAMPLE_RATE = 16000
@@ -475,7 +474,31 @@ def read_audio_manifest(
 # ---------------------------------------------------------------------------------------------- dataset
 
 
-class AudioDataset(SkipBadSamples, Dataset):
+class AudioPipeline:
+    """Decode and featurise one audio clip, from a path or a shard member's bytes: ``load`` gives the mono
+    waveform at ``sample_rate`` (``decode_audio``), ``to_sample`` ``{"fbank": [1, target_length, 128]}``
+    (``transform``, an ``FbankTransform``; augmentations only when it trains)."""
+
+    decode_errors: tuple[type[BaseException], ...] = (
+        OSError,
+        RuntimeError,
+        BadSample,
+        av.FFmpegError,
+        EOFError,
+    )
+
+    def __init__(self, transform: FbankTransform | None = None, sample_rate: int = SAMPLE_RATE) -> None:
+        self.transform = transform if transform is not None else FbankTransform(train=False)
+        self.sample_rate = sample_rate
+
+    def load(self, source: AudioSource) -> torch.Tensor:
+        return decode_audio(source, self.sample_rate)
+
+    def to_sample(self, waveform: torch.Tensor) -> dict:
+        return {"fbank": self.transform(waveform)}
+
+
+class AudioDataset(PipelineDataset):
     """Audio clips as AudioMAE fbanks, from a manifest (CSV or JSON, see ``read_audio_manifest``) or a
     folder ``root/<split>/<class_name>/*.{wav,flac,...}``.
 
@@ -490,8 +513,6 @@ class AudioDataset(SkipBadSamples, Dataset):
     ``self.skipped`` counted) and the next index is returned instead. A silent file is kept: silence is
     valid audio here (the audio-video clips have a missing-audio policy instead).
     """
-
-    decode_errors = (OSError, RuntimeError, BadSample, av.FFmpegError, EOFError)
 
     def __init__(
         self,
@@ -511,6 +532,7 @@ class AudioDataset(SkipBadSamples, Dataset):
         extension: str = ".wav",
         sample_rate: int = SAMPLE_RATE,
         max_retries: int = 10,
+        pipeline: AudioPipeline | None = None,
     ) -> None:
         if manifest is not None:
             self.records = read_audio_manifest(manifest, root, extension)
@@ -537,12 +559,25 @@ class AudioDataset(SkipBadSamples, Dataset):
             self.targets = [(label,) for _, label in files]
         else:
             raise ValueError("AudioDataset needs a manifest or a root folder")
-        self.sample_rate = sample_rate
-        self.transform = transform or FbankTransform(
-            target_length, train, freqm, timem, gain, time_shift, mean=norm_mean, std=norm_std,
-            sample_rate=sample_rate,
-        )
+        if pipeline is None:
+            transform = transform or FbankTransform(
+                target_length,
+                train,
+                freqm,
+                timem,
+                gain,
+                time_shift,
+                mean=norm_mean,
+                std=norm_std,
+                sample_rate=sample_rate,
+            )
+            pipeline = AudioPipeline(transform, sample_rate)
+        self.pipeline = pipeline
         self._init_skipping(max_retries)
+
+    @property
+    def transform(self) -> FbankTransform:
+        return self.pipeline.transform
 
     @property
     def num_classes(self) -> int:
@@ -551,15 +586,11 @@ class AudioDataset(SkipBadSamples, Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _path_of(self, index: int) -> str:
-        return str(self.records[index].path)
+    def _source(self, index: int) -> tuple[Path, dict]:
+        return self.records[index].path, {}
 
-    def _decode(self, index: int) -> torch.Tensor:
-        return decode_audio(self.records[index].path, self.sample_rate)
+    def _key(self, index: int) -> str:
+        return self.records[index].key
 
-    def _transform(self, waveform: torch.Tensor, index: int) -> dict:
-        return {
-            "fbank": self.transform(waveform),
-            "label": self.classes.multi_hot(self.targets[index]),
-            "key": self.records[index].key,
-        }
+    def _label(self, index: int) -> torch.Tensor:
+        return self.classes.multi_hot(self.targets[index])

@@ -36,7 +36,6 @@ from typing import Literal
 import av
 import torch
 from decord._ffi.base import DECORDError
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from unveil.datasets.audio import (
     AUDIO_EXTENSIONS,
@@ -59,7 +58,7 @@ from unveil.datasets.common import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
     VIDEO_EXTENSIONS,
-    SkipBadSamples,
+    PipelineDataset,
     list_class_files,
     plain_tensor,
 )
@@ -268,6 +267,16 @@ class AudioVideoPipeline:
     ``frames_fps`` is the frame rate of videos given as folders of frames.
     """
 
+    decode_errors: tuple[type[BaseException], ...] = (
+        OSError,
+        RuntimeError,
+        BadSample,
+        DECORDError,
+        av.FFmpegError,
+        EOFError,
+    )
+    reads_files = True  # shard bytes go through a temporary file (decord prints undecodable bytes in full)
+
     def __init__(
         self,
         duration: float = 4.0,
@@ -416,7 +425,7 @@ def _companion_audio(video: Path) -> Path | None:
     return None
 
 
-class AudioVideoDataset(SkipBadSamples, Dataset):
+class AudioVideoDataset(PipelineDataset):
     """Audio-video clips from a CSV manifest (``read_av_manifest``) or a Kinetics-layout folder
     ``root/<split>/<class_name>/<video>`` (one class per clip). A video is a file or a folder of frames
     (at the pipeline's ``frames_fps``, with its audio in a separate file).
@@ -432,8 +441,6 @@ class AudioVideoDataset(SkipBadSamples, Dataset):
     (``AudioVideoPipeline``; default: its defaults, training). Bad files are skipped and counted in
     ``self.skipped``, with the reason in the warning.
     """
-
-    decode_errors = (OSError, RuntimeError, BadSample, DECORDError, av.FFmpegError, EOFError)
 
     def __init__(
         self,
@@ -488,19 +495,17 @@ class AudioVideoDataset(SkipBadSamples, Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _path_of(self, index: int) -> str:
-        return str(self.records[index].video)
+    def _source(self, index: int) -> tuple[Path, dict]:
+        record = self.records[index]
+        return record.video, {"audio": None if self.audio_from == "track" else record.audio}
+
+    def _key(self, index: int) -> str:
+        return self.records[index].key
+
+    def _label(self, index: int) -> torch.Tensor | None:
+        return self.classes.multi_hot(self.targets[index]) if self.has_labels else None
 
     def _decode(self, index: int) -> AVClip:
-        record = self.records[index]
-        audio = None if self.audio_from == "track" else record.audio
-        if self.audio_from == "file" and audio is None:
-            raise FileNotFoundError(f"no separate audio file for {str(record.video)!r}")
-        return self.pipeline.load(record.video, audio)
-
-    def _transform(self, clip: AVClip, index: int) -> dict:
-        sample = self.pipeline.to_sample(clip)
-        sample["key"] = self.records[index].key
-        if self.has_labels:
-            sample["label"] = self.classes.multi_hot(self.targets[index])
-        return sample
+        if self.audio_from == "file" and self.records[index].audio is None:
+            raise FileNotFoundError(f"no separate audio file for {str(self.records[index].video)!r}")
+        return super()._decode(index)

@@ -148,6 +148,49 @@ class SkipBadSamples:
         )
 
 
+class PipelineDataset(SkipBadSamples, Dataset):
+    """A folder/CSV source read through the pipeline of its data kind: the one generic map-style dataset.
+
+    A pipeline (``ImagePipeline``, ``VideoPipeline``, ``AudioPipeline``, ``AudioVideoPipeline``, ...) has
+    ``load(source, **options)``, which reads a path or the bytes of a shard member (its errors skip the
+    sample), ``to_sample(decoded)``, which augments the result into the sample dict, and
+    ``decode_errors``. The shard reader runs the same pipelines (``unveil.datasets.shards.ShardDecoder``),
+    so a sample decodes the same way from either source. A subclass lists its source and says, per index,
+    what to load (``_source``: the path and the ``load`` options), its ``key`` and its ``label`` (None:
+    the sample has none).
+    """
+
+    pipeline = None
+
+    @property
+    def decode_errors(self) -> tuple[type[BaseException], ...]:  # type: ignore[override]
+        return self.pipeline.decode_errors
+
+    def _source(self, index: int) -> tuple[Path, dict]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _key(self, index: int) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _label(self, index: int) -> torch.Tensor | None:
+        return None
+
+    def _path_of(self, index: int) -> str:
+        return str(self._source(index)[0])
+
+    def _decode(self, index: int):
+        path, options = self._source(index)
+        return self.pipeline.load(path, **options)
+
+    def _transform(self, decoded, index: int) -> dict:
+        sample = self.pipeline.to_sample(decoded)
+        label = self._label(index)
+        if label is not None:
+            sample["label"] = label
+        sample["key"] = self._key(index)
+        return sample
+
+
 # --------------------------------------------------------------------------------------- resumable training data
 
 
@@ -233,8 +276,14 @@ class ResumableSampler(DistributedSampler):
                 f"ResumableSampler: need batch_size >= 1 and 0 <= rank < num_replicas, got batch_size="
                 f"{batch_size}, rank={rank}, num_replicas={num_replicas}"
             )
-        super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=True)
+        super().__init__(
+            range(num_samples),
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=True,
+        )
         self.dataset_size = num_samples
         self.batch_size = batch_size
         self.global_batch_size = batch_size * num_replicas
@@ -390,15 +439,23 @@ class ResumableLoader(DataLoader):
         if state.get("dataset_size") != sampler.dataset_size:
             log.warning(
                 "the training set has %d samples, the checkpoint's had %s: epoch %d restarts from its beginning",
-                sampler.dataset_size, state.get("dataset_size"), epoch,
+                sampler.dataset_size,
+                state.get("dataset_size"),
+                epoch,
             )
             first = 0
         elif state.get("seed") != sampler.seed:
-            log.warning("the data seed changed since the checkpoint: epoch %d continues in a new order", epoch)
+            log.warning(
+                "the data seed changed since the checkpoint: epoch %d continues in a new order", epoch
+            )
         if state.get("global_batch_size") != sampler.global_batch_size:
             log.warning(
                 "the global batch (batch size x ranks) is %d, the checkpoint's was %s: epoch %d continues at "
-                "sample %d but may end early", sampler.global_batch_size, state.get("global_batch_size"), epoch, first,
+                "sample %d but may end early",
+                sampler.global_batch_size,
+                state.get("global_batch_size"),
+                epoch,
+                first,
             )
         if first + sampler.global_batch_size > sampler.dataset_size:  # no full batch left: the next epoch
             epoch, first, batches = epoch + 1, 0, 0

@@ -18,14 +18,20 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
-from unveil.datasets.audio import AUDIOSET_MEAN, AUDIOSET_STD, AudioDataset, ClassIndex, FbankTransform
+from unveil.datasets.audio import (
+    AUDIOSET_MEAN,
+    AUDIOSET_STD,
+    AudioDataset,
+    AudioPipeline,
+    ClassIndex,
+    FbankTransform,
+)
 from unveil.datasets.audio_video import AudioVideoDataset, AudioVideoPipeline
 from unveil.datasets.common import ResumableLoader, derive_seed, run_seed
-from unveil.datasets.image import ImageFolderDataset, image_eval_transform, mae_image_transform
+from unveil.datasets.image import ImageFolderDataset, ImagePipeline, image_eval_transform, mae_image_transform
 from unveil.datasets.shards import (
     AudioShardDecoder,
     AudioVideoShardDecoder,
-    FullWindowVideoDataset,
     ImageShardDecoder,
     ShardDataset,
     ShardLoader,
@@ -33,7 +39,13 @@ from unveil.datasets.shards import (
     resolve_shards,
 )
 from unveil.datasets.skips import SkipCounter
-from unveil.datasets.video import VideoDataset, mae_video_transform, repeated_collate, video_eval_transform
+from unveil.datasets.video import (
+    VideoDataset,
+    VideoPipeline,
+    mae_video_transform,
+    repeated_collate,
+    video_eval_transform,
+)
 
 
 def _require_path(owner: str, argument: str, path: str | Path, hint: str) -> None:
@@ -133,7 +145,11 @@ class _LoadersMixin:
                 **common,
             )
         return DataLoader(
-            dataset, batch_size=self.val_batch_size or self.batch_size, shuffle=False, drop_last=False, **common
+            dataset,
+            batch_size=self.val_batch_size or self.batch_size,
+            shuffle=False,
+            drop_last=False,
+            **common,
         )
 
     def _rank_and_world_size(self) -> tuple[int, int]:
@@ -369,22 +385,22 @@ class ImageDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         self.train_set: ImageFolderDataset | None = None
         self.val_set: ImageFolderDataset | None = None
 
+    def pipeline(self, train: bool) -> ImagePipeline:
+        """Decoding and augmentation of the training or validation images, for folders and shards alike."""
+        if train:
+            return ImagePipeline(mae_image_transform(self.input_size, self.crop_scale, self.hflip))
+        return ImagePipeline(image_eval_transform(self.input_size, self.eval_crop_pct))
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and self.shards is None:
-            self.train_set = ImageFolderDataset(
-                self.root, self.train_split, mae_image_transform(self.input_size, self.crop_scale, self.hflip)
-            )
+            self.train_set = ImageFolderDataset(self.root, self.train_split, pipeline=self.pipeline(True))
             self._limit_skips(self.train_set)
         if self.val_set is None and self.val_split is not None and self.val_shards is None and self.root:
-            self.val_set = ImageFolderDataset(
-                self.root, self.val_split, image_eval_transform(self.input_size, self.eval_crop_pct)
-            )
+            self.val_set = ImageFolderDataset(self.root, self.val_split, pipeline=self.pipeline(False))
             self._limit_skips(self.val_set)
 
     def _shard_decoder(self, train: bool) -> ImageShardDecoder:
-        if train:
-            return ImageShardDecoder(mae_image_transform(self.input_size, self.crop_scale, self.hflip))
-        return ImageShardDecoder(image_eval_transform(self.input_size, self.eval_crop_pct))
+        return ImageShardDecoder(pipeline=self.pipeline(train))
 
     @property
     def num_classes(self) -> int:
@@ -512,21 +528,20 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         self.train_set: VideoDataset | None = None
         self.val_set: VideoDataset | None = None
 
-    def _dataset(self, split: str, csv: str | None, train: bool) -> VideoDataset:
-        dataset_class = FullWindowVideoDataset if self.require_full_window else VideoDataset
-        return dataset_class(
-            self.root,
-            split,
-            csv,
+    def pipeline(self, train: bool) -> VideoPipeline:
+        """Clip sampling, decoding and augmentation, for folders, manifests and shards alike."""
+        return VideoPipeline(
+            self._dataset_transform(train),
             self.num_frames,
             self.sampling_rate,
             train=train,
-            input_size=self.input_size,
-            crop_scale=self.crop_scale,
-            hflip=self.hflip,
             repeated_sampling=self.repeated_sampling if train else 1,
+            require_full_window=self.require_full_window,
             frames_fps=self.frames_fps,
         )
+
+    def _dataset(self, split: str, csv: str | None, train: bool) -> VideoDataset:
+        return VideoDataset(self.root, split, csv, pipeline=self.pipeline(train))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and self.shards is None:
@@ -543,14 +558,7 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
     _shard_collate = staticmethod(repeated_collate)
 
     def _shard_decoder(self, train: bool) -> VideoShardDecoder:
-        return VideoShardDecoder(
-            self._dataset_transform(train),
-            self.num_frames,
-            self.sampling_rate,
-            train=train,
-            repeated_sampling=self.repeated_sampling if train else 1,
-            require_full_window=self.require_full_window,
-        )
+        return VideoShardDecoder(pipeline=self.pipeline(train))
 
     def _dataset_transform(self, train: bool):
         if train:
@@ -696,21 +704,22 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         self.train_set: AudioDataset | None = None
         self.val_set: AudioDataset | None = None
 
-    def _dataset(self, manifest: str | None, split: str, train: bool, classes) -> AudioDataset:
-        return AudioDataset(
-            manifest,
-            self.root,
-            split,
-            classes,
-            train=train,
-            target_length=self.target_length,
-            freqm=self.freqm,
-            timem=self.timem,
-            gain=self.gain,
-            time_shift=self.time_shift,
-            norm_mean=self.norm_mean,
-            norm_std=self.norm_std,
+    def pipeline(self, train: bool) -> AudioPipeline:
+        """Decoding and fbank features (augmented in training), for manifests, folders and shards alike."""
+        transform = FbankTransform(
+            self.target_length,
+            train,
+            self.freqm,
+            self.timem,
+            self.gain,
+            self.time_shift,
+            mean=self.norm_mean,
+            std=self.norm_std,
         )
+        return AudioPipeline(transform)
+
+    def _dataset(self, manifest: str | None, split: str, train: bool, classes) -> AudioDataset:
+        return AudioDataset(manifest, self.root, split, classes, pipeline=self.pipeline(train))
 
     def setup(self, stage: str | None = None) -> None:
         if self.shards is not None:
@@ -739,17 +748,7 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             self._limit_skips(self.val_set)
 
     def _shard_decoder(self, train: bool) -> AudioShardDecoder:
-        transform = FbankTransform(
-            self.target_length,
-            train,
-            self.freqm,
-            self.timem,
-            self.gain,
-            self.time_shift,
-            mean=self.norm_mean,
-            std=self.norm_std,
-        )
-        return AudioShardDecoder(transform, self._shard_num_classes())
+        return AudioShardDecoder(pipeline=self.pipeline(train), num_classes=self._shard_num_classes())
 
     @property
     def num_classes(self) -> int:

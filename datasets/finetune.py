@@ -28,10 +28,8 @@ from unveil.datasets.common import (
     run_seed,
 )
 from unveil.datasets.datamodules import AudioDataModule, ImageDataModule, VideoDataModule
-from unveil.datasets.frames import open_video
-from unveil.datasets.image import ImageFolderDataset
-from unveil.datasets.shards import ImageShardDecoder
-from unveil.datasets.video import VideoDataset, clip_indices
+from unveil.datasets.image import ImagePipeline
+from unveil.datasets.video import VideoDataset, VideoPipeline, clip_indices
 
 __all__ = [
     "ClassBalancedSampler",
@@ -113,14 +111,8 @@ class FineTuneImageDataModule(ImageDataModule):
             self.input_size, self.crop_scale, self.hflip, self.auto_augment, self.random_erasing
         )
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is None and self.shards is None:
-            self.train_set = ImageFolderDataset(self.root, self.train_split, self.train_transform())
-            self._limit_skips(self.train_set)
-        super().setup(stage)
-
-    def _shard_decoder(self, train: bool) -> ImageShardDecoder:
-        return ImageShardDecoder(self.train_transform()) if train else super()._shard_decoder(train)
+    def pipeline(self, train: bool) -> ImagePipeline:
+        return ImagePipeline(self.train_transform()) if train else super().pipeline(train)
 
 
 # ---------------------------------------------------------------------------------------------------- video
@@ -158,51 +150,52 @@ def _spread(slack: int, count: int) -> list[int]:
     return [round(slack * i / (count - 1)) for i in range(count)]
 
 
-class MultiViewVideoDataset(VideoDataset):
-    """Evaluation clips of ``VideoDataset``, several views per video: ``temporal`` windows with evenly spaced
-    starts over the video (or its manifest segment) × ``spatial`` square crops evenly spaced along the long side
+class MultiViewVideoPipeline(VideoPipeline):
+    """Evaluation clips of ``VideoPipeline``, several views per video: ``temporal`` windows with evenly spaced
+    starts over the video (or its segment) × ``spatial`` square crops evenly spaced along the long side
     after resizing the short side to ``input_size``.
 
-    A sample is ``{"video": float [V, 3, T, S, S], "label", "key"}`` with V = temporal × spatial (temporal
-    major); ``repeated_collate`` makes the V views consecutive rows of a batch, each with the video's key.
+    ``to_sample`` gives ``{"video": float [V, 3, T, S, S]}`` with V = temporal × spatial (temporal major);
+    ``repeated_collate`` makes the V views consecutive rows of a batch, each with the video's key.
     """
 
-    def __init__(self, *args, temporal: int = 1, spatial: int = 1, **kwargs) -> None:
+    def __init__(
+        self,
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        input_size: int = 224,
+        temporal: int = 1,
+        spatial: int = 1,
+        frames_fps: float = 30.0,
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    ) -> None:
         if temporal < 1 or spatial < 1:
             raise ValueError(f"views must be >= 1, got temporal={temporal}, spatial={spatial}")
-        kwargs["train"] = False
-        self.temporal, self.spatial = temporal, spatial
-        self.input_size = kwargs.get("input_size", 224)
-        mean, std = kwargs.get("mean", IMAGENET_DEFAULT_MEAN), kwargs.get("std", IMAGENET_DEFAULT_STD)
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            None, num_frames, sampling_rate, train=False, frames_fps=frames_fps, input_size=input_size
+        )
+        self.temporal, self.spatial, self.input_size = temporal, spatial, input_size
         self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
-    def _decode(self, index: int) -> torch.Tensor:
-        """uint8 [temporal, T, H, W, 3]: windows with evenly spread starts."""
-        record = self.records[index]
-        video = open_video(record.path, self.frames_fps)
-        start, end = 0, len(video)
-        if record.start is not None:
-            start = video.frame_at(record.start)
-            end = min(end, video.first_frame_from(record.end)) if record.end is not None else end
-        span = (self.num_frames - 1) * self.sampling_rate + 1
-        clips = torch.stack(
+    def windows(self, num_video_frames: int, start_frame: int, end_frame: int) -> torch.Tensor:
+        """[temporal, T]: windows with evenly spread starts."""
+        span = self.span
+        return torch.stack(
             [
                 clip_indices(
-                    len(video),
+                    num_video_frames,
                     self.num_frames,
                     self.sampling_rate,
                     False,
-                    start + offset,
-                    min(end, start + offset + span),  # a segment of exactly one window: it starts there
+                    start_frame + offset,
+                    min(end_frame, start_frame + offset + span),  # a segment of exactly one window
                 )
-                for offset in _spread(max(end - start - span, 0), self.temporal)
+                for offset in _spread(max(end_frame - start_frame - span, 0), self.temporal)
             ]
-        )  # [temporal, T]
-        return video.read(clips.flatten()).unflatten(0, clips.shape)
+        )
 
-    def _transform(self, clips: torch.Tensor, index: int) -> dict:
-        record = self.records[index]
+    def to_sample(self, clips: torch.Tensor) -> dict:
         size = self.input_size
         views = []
         for clip in clips:  # [T, H, W, 3]
@@ -219,11 +212,29 @@ class MultiViewVideoDataset(VideoDataset):
                 )
                 crop = frames[..., top : top + size, left : left + size]
                 views.append(plain_tensor(self.normalize(crop)).permute(1, 0, 2, 3))  # [3, T, S, S]
-        return {
-            "video": torch.stack(views),
-            "label": torch.tensor(record.label, dtype=torch.int64),
-            "key": record.key,
-        }
+        return {"video": torch.stack(views)}
+
+
+class MultiViewVideoDataset(VideoDataset):
+    """``VideoDataset`` read through a ``MultiViewVideoPipeline``: a sample is ``{"video": float [V, 3, T, S,
+    S], "label", "key"}`` (``temporal`` × ``spatial`` views)."""
+
+    def __init__(
+        self,
+        root: str | None = None,
+        split: str = "val",
+        csv: str | None = None,
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        input_size: int = 224,
+        temporal: int = 1,
+        spatial: int = 1,
+        frames_fps: float = 30.0,
+    ) -> None:
+        pipeline = MultiViewVideoPipeline(
+            num_frames, sampling_rate, input_size, temporal, spatial, frames_fps
+        )
+        super().__init__(root, split, csv, pipeline=pipeline)
 
 
 class FineTuneVideoDataModule(VideoDataModule):
@@ -252,22 +263,19 @@ class FineTuneVideoDataModule(VideoDataModule):
         self.rand_augment = tuple(rand_augment) if rand_augment else None
         self.val_views = tuple(val_views)
 
-    def _dataset(self, split: str, csv: str | None, train: bool) -> VideoDataset:
+    def pipeline(self, train: bool) -> VideoPipeline:
+        """Training: ``VideoDataModule``'s with RandAugment; validation: ``val_views`` views per video
+        (``MultiViewVideoPipeline``), from folders, manifests and shards alike."""
         if train:
-            dataset = super()._dataset(split, csv, train)
-            dataset.transform = self._dataset_transform(True)
-            return dataset
+            return super().pipeline(train)
         temporal, spatial = self.val_views
-        return MultiViewVideoDataset(
-            self.root,
-            split,
-            csv,
+        return MultiViewVideoPipeline(
             self.num_frames,
             self.sampling_rate,
-            input_size=self.input_size,
-            frames_fps=getattr(self, "frames_fps", 30.0),
-            temporal=temporal,
-            spatial=spatial,
+            self.input_size,
+            temporal,
+            spatial,
+            frames_fps=self.frames_fps,
         )
 
     def _dataset_transform(self, train: bool):

@@ -1,19 +1,20 @@
-"""Image folders in the ImageNet layout, and the MAE image augmentation."""
+"""Images: the pipeline that decodes and transforms one image (folders and shards), image folders in the
+ImageNet layout, and the MAE image augmentation."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 from unveil.datasets.common import (
     IMAGE_EXTENSIONS,
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
-    SkipBadSamples,
+    PipelineDataset,
     list_class_files,
     plain_tensor,
 )
@@ -64,7 +65,28 @@ def image_eval_transform(
     )
 
 
-class ImageFolderDataset(SkipBadSamples, Dataset):
+class ImagePipeline:
+    """Decode and transform one image, from a path or a shard member's bytes: ``load`` gives the PIL RGB
+    image (fully decoded, so a truncated file raises there), ``to_sample`` ``{"image": [3, H, W]}``.
+
+    Args:
+        transform: PIL image -> tensor [3, H, W]; default ``image_eval_transform()``.
+    """
+
+    decode_errors: tuple[type[BaseException], ...] = (OSError,)  # PIL: unidentified and truncated files
+
+    def __init__(self, transform: Callable[[Image.Image], torch.Tensor] | None = None) -> None:
+        self.transform = transform if transform is not None else image_eval_transform()
+
+    def load(self, source: str | Path | bytes) -> Image.Image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            return image.convert("RGB")  # forces the full decode, so truncation raises here
+
+    def to_sample(self, image: Image.Image) -> dict:
+        return {"image": plain_tensor(self.transform(image))}
+
+
+class ImageFolderDataset(PipelineDataset):
     """Images in the ImageNet layout ``root/<split>/<class_name>/<file>``.
 
     Classes are the sorted sub-folder names of ``root/<split>``; a class's index is its position.
@@ -79,6 +101,7 @@ class ImageFolderDataset(SkipBadSamples, Dataset):
         split: sub-folder to read, e.g. ``"train"`` or ``"val"``.
         transform: PIL image -> tensor [3, H, W]; defaults to ``image_eval_transform()``.
         max_retries: consecutive bad files tolerated before giving up with a ``RuntimeError``.
+        pipeline: the ``ImagePipeline`` to read through (default: one with ``transform``).
     """
 
     def __init__(
@@ -87,28 +110,27 @@ class ImageFolderDataset(SkipBadSamples, Dataset):
         split: str = "train",
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
         max_retries: int = 10,
+        pipeline: ImagePipeline | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.split_dir = self.root / split
         self.classes, self.samples = list_class_files(self.split_dir, IMAGE_EXTENSIONS)
-        self.transform = transform if transform is not None else image_eval_transform()
+        self.pipeline = pipeline if pipeline is not None else ImagePipeline(transform)
         self._init_skipping(max_retries)
+
+    @property
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        return self.pipeline.transform
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _path_of(self, index: int) -> str:
-        return str(self.samples[index][0])
+    def _source(self, index: int) -> tuple[Path, dict]:
+        return self.samples[index][0], {}
 
-    def _decode(self, index: int) -> Image.Image:
-        with Image.open(self.samples[index][0]) as image:
-            return image.convert("RGB")  # forces the full decode, so truncation raises here
+    def _key(self, index: int) -> str:
+        return self.samples[index][0].relative_to(self.split_dir).as_posix()
 
-    def _transform(self, image: Image.Image, index: int) -> dict:
-        path, label = self.samples[index]
-        return {
-            "image": plain_tensor(self.transform(image)),
-            "label": torch.tensor(label, dtype=torch.int64),
-            "key": path.relative_to(self.split_dir).as_posix(),
-        }
+    def _label(self, index: int) -> torch.Tensor:
+        return torch.tensor(self.samples[index][1], dtype=torch.int64)

@@ -11,18 +11,18 @@ from pathlib import Path
 import av
 import torch
 from decord._ffi.base import DECORDError
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import default_collate
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from unveil.datasets.common import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
     VIDEO_EXTENSIONS,
-    SkipBadSamples,
+    PipelineDataset,
     list_class_files,
     plain_tensor,
 )
-from unveil.datasets.frames import VideoFrames, open_video
+from unveil.datasets.frames import VideoSource, open_video
 from unveil.datasets.skips import BadSample
 
 # ---------------------------------------------------------------------------------------- clip sampling
@@ -59,44 +59,6 @@ def clip_indices(
         start += int(torch.randint(0, slack + 1, ()).item()) if train else slack // 2
     indices = start + torch.arange(num_frames, dtype=torch.int64) * sampling_rate
     return indices.clamp_(max=end - 1)
-
-
-def decode_clips(
-    video: VideoFrames,
-    num_frames: int,
-    sampling_rate: int,
-    train: bool = True,
-    repeated_sampling: int = 1,
-    start: float | None = None,
-    end: float | None = None,
-    require_full_window: bool = False,
-) -> torch.Tensor:
-    """Decode ``repeated_sampling`` clips of one video: uint8 [R, T, H, W, 3].
-
-    Each clip is ``num_frames`` frames ``sampling_rate`` apart (``clip_indices``) among the frames shown
-    during ``[start, end)`` seconds (default: the whole video). With ``require_full_window``, a segment
-    shorter than the window raises ``BadSample("short_clip")`` instead of repeating the last frame. Each
-    needed frame is decoded once (``VideoFrames.read``).
-    """
-    start_frame, end_frame = 0, None
-    if start is not None:
-        start_frame = video.frame_at(start)
-        end_frame = None if end is None else video.first_frame_from(end)
-    if require_full_window:
-        available = min(len(video), end_frame if end_frame is not None else len(video)) - start_frame
-        span = (num_frames - 1) * sampling_rate + 1
-        if available < span:
-            raise BadSample(
-                "short_clip",
-                f"{available} frames, the window needs {span} ({num_frames} x stride {sampling_rate})",
-            )
-    clips = torch.stack(
-        [
-            clip_indices(len(video), num_frames, sampling_rate, train, start_frame, end_frame)
-            for _ in range(repeated_sampling)
-        ]
-    )  # [R, T]
-    return video.read(clips.flatten()).unflatten(0, clips.shape)  # [R, T, H, W, 3]
 
 
 # ----------------------------------------------------------------------------------------- augmentation
@@ -140,6 +102,110 @@ def video_eval_transform(
             v2.Normalize(mean, std),
         ]
     )
+
+
+# ------------------------------------------------------------------------------------------------ pipeline
+
+
+class VideoPipeline:
+    """Decode, sample and augment the clips of one video, from a path (a file or a folder of frames) or a
+    shard member's bytes: the one video path of the folder/CSV dataset and the shard reader.
+
+    ``load(source, start=None, end=None)`` opens the video (``open_video``: frames by presentation time, mp4
+    edit lists honoured), takes ``repeated_sampling`` windows among the frames shown during ``[start, end)``
+    seconds (default: the whole video; ``windows``) and decodes each needed frame once: uint8 [R, T, H, W,
+    3]. With ``require_full_window``, a video or segment shorter than the window ``(num_frames - 1) *
+    sampling_rate + 1`` raises ``BadSample("short_clip")`` instead of repeating its last frame.
+    ``to_sample(clips)`` gives each clip its own spatial augmentation, shared by its frames: ``{"video":
+    [3, T, S, S]}``, or [R, 3, T, S, S] with R > 1 (batch those with ``repeated_collate``).
+
+    Args:
+        transform: ``tv_tensors.Video`` uint8 [T, 3, H, W] -> float [T, 3, S, S]; default
+            ``mae_video_transform`` in training, else ``video_eval_transform``, from ``input_size``,
+            ``crop_scale``, ``hflip``, ``mean``, ``std``.
+        frames_fps: frame rate of videos given as folders of frames.
+    """
+
+    decode_errors: tuple[type[BaseException], ...] = (
+        OSError,
+        RuntimeError,
+        DECORDError,
+        av.FFmpegError,
+        BadSample,
+    )
+    reads_files = True  # shard bytes go through a temporary file (decord prints undecodable bytes in full)
+
+    def __init__(
+        self,
+        transform: Callable[[tv_tensors.Video], torch.Tensor] | None = None,
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        train: bool = True,
+        repeated_sampling: int = 1,
+        require_full_window: bool = False,
+        frames_fps: float = 30.0,
+        input_size: int = 224,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        hflip: float = 0.5,
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    ) -> None:
+        if frames_fps <= 0:
+            raise ValueError(f"frames_fps must be > 0, got {frames_fps}")
+        if repeated_sampling < 1:
+            raise ValueError(f"repeated_sampling must be >= 1, got {repeated_sampling}")
+        if num_frames < 1 or sampling_rate < 1:
+            raise ValueError(f"num_frames and sampling_rate must be >= 1, got {num_frames}, {sampling_rate}")
+        if transform is None:
+            transform = (
+                mae_video_transform(input_size, crop_scale, hflip, mean, std)
+                if train
+                else video_eval_transform(input_size, mean, std)
+            )
+        self.transform = transform
+        self.num_frames, self.sampling_rate, self.train = num_frames, sampling_rate, train
+        self.repeated_sampling, self.require_full_window = repeated_sampling, require_full_window
+        self.frames_fps = frames_fps
+
+    @property
+    def span(self) -> int:
+        """Source frames one clip window covers."""
+        return (self.num_frames - 1) * self.sampling_rate + 1
+
+    def windows(self, num_video_frames: int, start_frame: int, end_frame: int) -> torch.Tensor:
+        """Frame indices of the clips, int64 [R, T], inside the segment ``[start_frame, end_frame)``."""
+        return torch.stack(
+            [
+                clip_indices(
+                    num_video_frames, self.num_frames, self.sampling_rate, self.train, start_frame, end_frame
+                )
+                for _ in range(self.repeated_sampling)
+            ]
+        )
+
+    def load(self, source: VideoSource, start: float | None = None, end: float | None = None) -> torch.Tensor:
+        """uint8 [R, T, H, W, 3]: the clips of the video ``source`` within ``[start, end)`` seconds."""
+        video = open_video(source, self.frames_fps)
+        start_frame, end_frame = 0, len(video)
+        if start is not None:
+            start_frame = video.frame_at(start)
+            if end is not None:
+                end_frame = min(end_frame, video.first_frame_from(end))
+        if self.require_full_window and end_frame - start_frame < self.span:
+            raise BadSample(
+                "short_clip",
+                f"{end_frame - start_frame} frames, the window needs {self.span} "
+                f"({self.num_frames} x stride {self.sampling_rate})",
+            )
+        clips = self.windows(len(video), start_frame, end_frame)  # [R, T]
+        return video.read(clips.flatten()).unflatten(0, clips.shape)  # each frame decoded once
+
+    def to_sample(self, clips: torch.Tensor) -> dict:
+        videos = []
+        for clip in clips:  # [T, H, W, 3]: each clip gets its own crop, shared by its frames
+            video = self.transform(tv_tensors.Video(clip.permute(0, 3, 1, 2)))  # [T, 3, S, S]
+            videos.append(plain_tensor(video).permute(1, 0, 2, 3))  # [3, T, S, S], Hiera's layout
+        return {"video": videos[0] if len(videos) == 1 else torch.stack(videos)}
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -189,7 +255,7 @@ def read_video_csv(csv: str | Path, root: str | Path | None = None) -> list[Vide
     return records
 
 
-class VideoDataset(SkipBadSamples, Dataset):
+class VideoDataset(PipelineDataset):
     """Video clips for MAE pretraining, from a Kinetics-layout folder or a CSV manifest.
 
     Sources: ``csv`` (see ``read_video_csv``; relative paths resolve against ``root`` when given, else
@@ -217,9 +283,10 @@ class VideoDataset(SkipBadSamples, Dataset):
     next index is returned instead. With ``require_full_window``, so is (reason ``short_clip``) a video or
     segment shorter than the clip window ``(num_frames - 1) * sampling_rate + 1``, instead of repeating
     its last frame.
-    """
 
-    decode_errors = (OSError, RuntimeError, DECORDError, av.FFmpegError, BadSample)
+    Decoding, sampling and augmentation are the ``pipeline``'s (``VideoPipeline``, built from the
+    arguments when not given), the same the shard reader runs.
+    """
 
     def __init__(
         self,
@@ -239,13 +306,24 @@ class VideoDataset(SkipBadSamples, Dataset):
         max_retries: int = 10,
         frames_fps: float = 30.0,
         require_full_window: bool = False,
+        pipeline: VideoPipeline | None = None,
     ) -> None:
-        if frames_fps <= 0:
-            raise ValueError(f"frames_fps must be > 0, got {frames_fps}")
-        if repeated_sampling < 1:
-            raise ValueError(f"repeated_sampling must be >= 1, got {repeated_sampling}")
-        if num_frames < 1 or sampling_rate < 1:
-            raise ValueError(f"num_frames and sampling_rate must be >= 1, got {num_frames}, {sampling_rate}")
+        if pipeline is None:
+            pipeline = VideoPipeline(
+                transform,
+                num_frames,
+                sampling_rate,
+                train,
+                repeated_sampling,
+                require_full_window,
+                frames_fps,
+                input_size,
+                crop_scale,
+                hflip,
+                mean,
+                std,
+            )  # checks the arguments before the source is scanned
+        self.pipeline = pipeline
         self.classes: list[str] | None = None
         if csv is not None:
             self.records = read_video_csv(csv, root)
@@ -257,19 +335,13 @@ class VideoDataset(SkipBadSamples, Dataset):
             ]
         else:
             raise ValueError("VideoDataset needs a root folder or a csv manifest")
-        self.num_frames = num_frames
-        self.sampling_rate = sampling_rate
-        self.train = train
-        self.repeated_sampling = repeated_sampling
-        self.frames_fps, self.require_full_window = frames_fps, require_full_window
-        if transform is None:
-            transform = (
-                mae_video_transform(input_size, crop_scale, hflip, mean, std)
-                if train
-                else video_eval_transform(input_size, mean, std)
-            )
-        self.transform = transform
         self._init_skipping(max_retries)
+
+    def __getattr__(self, name: str):
+        # num_frames, sampling_rate, train, repeated_sampling, frames_fps, transform: the pipeline's
+        if name != "pipeline" and "pipeline" in self.__dict__:
+            return getattr(self.__dict__["pipeline"], name)
+        raise AttributeError(name)
 
     @property
     def num_classes(self) -> int:
@@ -279,31 +351,15 @@ class VideoDataset(SkipBadSamples, Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _path_of(self, index: int) -> str:
-        return str(self.records[index].path)
-
-    def _decode(self, index: int) -> torch.Tensor:
-        """Decode the clips of one video: uint8 [R, T, H, W, 3]."""
+    def _source(self, index: int) -> tuple[Path, dict]:
         record = self.records[index]
-        return decode_clips(
-            open_video(record.path, self.frames_fps),
-            self.num_frames,
-            self.sampling_rate,
-            self.train,
-            self.repeated_sampling,
-            record.start,
-            record.end,
-            self.require_full_window,
-        )
+        return record.path, {"start": record.start, "end": record.end}
 
-    def _transform(self, clips: torch.Tensor, index: int) -> dict:
-        record = self.records[index]
-        videos = []
-        for clip in clips:  # [T, H, W, 3]: each clip gets its own crop, shared by its frames
-            video = self.transform(tv_tensors.Video(clip.permute(0, 3, 1, 2)))  # [T, 3, S, S]
-            videos.append(plain_tensor(video).permute(1, 0, 2, 3))  # [3, T, S, S], Hiera's layout
-        video = videos[0] if self.repeated_sampling == 1 else torch.stack(videos)
-        return {"video": video, "label": torch.tensor(record.label, dtype=torch.int64), "key": record.key}
+    def _key(self, index: int) -> str:
+        return self.records[index].key
+
+    def _label(self, index: int) -> torch.Tensor:
+        return torch.tensor(self.records[index].label, dtype=torch.int64)
 
 
 class FullWindowVideoDataset(VideoDataset):

@@ -29,6 +29,7 @@ from unveil.datasets.shards.decoders import (
     AudioShardDecoder,
     AudioVideoShardDecoder,
     ImageShardDecoder,
+    ShardDecoder,
     VideoShardDecoder,
 )
 from unveil.datasets.shards.encode import _ENCODERS, EncodeOptions, reencode_video  # noqa: F401 - _ENCODERS: tests patch it
@@ -68,6 +69,7 @@ __all__ = [
     "FullWindowVideoDataset",
     "ImageShardDecoder",
     "ShardDataset",
+    "ShardDecoder",
     "ShardItem",
     "ShardLoader",
     "ShardSet",
