@@ -228,6 +228,111 @@ def _video_parity(size: str, image_size: int, tmp_path: Path):
     assert ids == [5] and masks.shape == (1, 1, 240, 320)
 
 
+def _same_output(expected, got, label: str, where=None):
+    """(frame_idx, obj_ids, masks) of the official and of our predictor."""
+    assert expected[0] == got[0] and list(expected[1]) == list(got[1]), (label, where)
+    assert expected[2].shape == got[2].shape, (label, where)
+    assert close(label, (expected[2] - got[2]).abs().max()), (label, where)
+
+
+def _same_memories(ref_state, state, what: str):
+    """Every stored output of every object: the same frames, pointers, scores, logits, memories."""
+    assert len(ref_state["output_dict_per_obj"]) == len(state.outputs)
+    for obj in range(len(state.outputs)):
+        for key, ours_frames in (("cond_frame_outputs", state.outputs[obj].cond), ("non_cond_frame_outputs", state.outputs[obj].non_cond)):
+            ref_frames = ref_state["output_dict_per_obj"][obj][key]
+            assert sorted(ref_frames) == sorted(ours_frames), (what, obj, key)
+            for frame_idx, ref in ref_frames.items():
+                out = ours_frames[frame_idx]
+                assert close(f"{what} object pointers", (ref["obj_ptr"] - out.obj_ptr).abs().max())
+                assert close(f"{what} object scores", (ref["object_score_logits"] - out.object_score).abs().max())
+                assert (ref["pred_masks"] - out.pred_masks).abs().max() <= TOL
+                torch.testing.assert_close(out.maskmem_features.float(), ref["maskmem_features"].float(), rtol=2**-7, atol=1e-3)
+        assert sorted(ref_state["frames_tracked_per_obj"][obj]) == sorted(state.frames_tracked[obj]), (what, obj)
+        assert sorted(ref_state["point_inputs_per_obj"][obj]) == sorted(state.point_inputs[obj]), (what, obj)
+
+
+@pytest.mark.slow  # about 1 CPU-minute per case: the official predictor and hydra model builds
+@pytest.mark.parametrize("options", ["defaults", "non-overlap, corrections as conditioning"])
+def test_video_predictor_editing_api_matches_official(tmp_path, options):
+    """The official editing calls, one after another at 128 px on 4 frames: three objects started by
+    a click, a box and a mask; extra clicks kept with ``clear_old_points=False``; a correction on a
+    tracked frame; ``clear_all_prompts_in_frame`` on a correction and on a first prompt;
+    ``remove_object``; forward and reverse propagation between them."""
+    extra = dict(non_overlap_masks=True, add_all_frames_to_correct_as_cond=True) if options != "defaults" else {}
+    folder = write_frames(tmp_path / "frames", count=4, size=(96, 128))
+    official = official_model("tiny", 128, video=True)
+    for key, value in extra.items():
+        setattr(official, key, value)
+    ours = VideoPredictor(ours_from(official, "tiny", 128), fill_hole_area=0, **extra)
+    ref_state, state = official.init_state(str(folder)), ours.init_state(str(folder))
+    assert (state["num_frames"], state["video_height"], state["video_width"]) == (4, 96, 128)
+    what = f"video editing ({options})"
+
+    def both(method: str, *args, **kwargs):
+        expected = getattr(official, method)(ref_state, *args, **kwargs)
+        got = getattr(ours, method)(state, *args, **kwargs)
+        if method == "remove_object":
+            assert list(expected[0]) == got[0] and [f for f, _ in expected[1]] == [f for f, _ in got[1]], what
+            for (_, e), (_, g) in zip(expected[1], got[1]):
+                assert close(f"{what} logits", (e - g).abs().max())
+        elif expected is not None:
+            _same_output(expected, got, f"{what} logits", (method, args[:2]))
+        return got
+
+    def propagate(**kwargs):
+        expected = list(official.propagate_in_video(ref_state, **kwargs))
+        got = list(ours.propagate_in_video(state, **kwargs))
+        assert [e[0] for e in expected] == [g[0] for g in got]
+        for e, g in zip(expected, got):
+            _same_output(e, g, f"{what} logits", (kwargs, e[0]))
+        return [g[0] for g in got]
+
+    mask = np.zeros((96, 128), bool)
+    mask[30:70, 80:120] = True
+    both("add_new_points_or_box", 0, 1, points=[[30, 40]], labels=[1])
+    both("add_new_points", 0, 1, points=[[60, 50]], labels=[0], clear_old_points=False)
+    both("add_new_points_or_box", 0, 2, box=[70, 30, 120, 80], points=[[95, 55]], labels=[1])
+    both("add_new_mask", 0, 3, mask)
+    assert propagate() == [0, 1, 2, 3]
+    _same_memories(ref_state, state, what)
+    both("add_new_points_or_box", 2, 1, points=[[45, 45], [20, 20]], labels=[1, 0])  # a correction on a tracked frame
+    both("clear_all_prompts_in_frame", 2, 1)
+    both("add_new_points_or_box", 2, 1, points=[[45, 45]], labels=[1])
+    assert propagate(start_frame_idx=2) == [2, 3]
+    both("clear_all_prompts_in_frame", 0, 2)  # object 2's first prompt: frame 0 becomes a tracked frame
+    both("add_new_points_or_box", 0, 2, points=[[90, 60]], labels=[1])
+    both("remove_object", 3)
+    both("remove_object", 42)  # unknown: nothing happens
+    with pytest.raises(RuntimeError, match="42"):
+        ours.remove_object(state, 42, strict=True)
+    assert propagate(start_frame_idx=2, reverse=True) == [2, 1, 0]  # frame 3 gives the pointers (see README)
+    _same_memories(ref_state, state, what)
+    both("remove_object", 1, need_output=False)
+    both("remove_object", 2)  # the last object: a reset
+    assert state.obj_ids == [] and not state.outputs
+
+
+def test_clear_memory_around_input_drops_only_that_objects_nearby_tracked_frames(tmp_path):
+    """``clear_non_cond_mem_around_input`` (the official 1.1.0 predictor calls a method it lacks
+    when it is on, so this is checked on its own): a prompt on frame 9 of 12 drops that object's
+    tracked memories of frames 2..16 (num_maskmem 7), keeps its frames 0-1 and the other object's."""
+    from unveil.models.sam2 import sam2_hiera_tiny
+    from unveil.models.sam2.model import FrameOutput
+
+    predictor = VideoPredictor(sam2_hiera_tiny(image_size=128), clear_non_cond_mem_around_input=True)
+    state = predictor.init_state(str(write_frames(tmp_path / "frames", count=2, size=(32, 32))))
+    for obj_id in (1, 2):
+        obj = predictor._obj_idx(state, obj_id)
+        dummy = FrameOutput(torch.zeros(1, 1, 32, 32), torch.zeros(1, 256), torch.zeros(1, 1), torch.zeros(1, 64, 8, 8))
+        state.outputs[obj].non_cond.update({t: dummy for t in range(12)})
+        state.outputs[obj].cond[0] = dummy
+    state.temp_outputs[0].cond[9] = dummy
+    predictor.propagate_in_video_preflight(state)
+    assert sorted(state.outputs[0].non_cond) == [1] and sorted(state.outputs[1].non_cond) == list(range(1, 12))
+    assert sorted(state.outputs[0].cond) == [0, 9]
+
+
 # ---- hole filling --------------------------------------------------------------------------------
 
 

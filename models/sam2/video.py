@@ -14,12 +14,18 @@ What remains per frame and object is the official compact output: the memory in 
 
 Hole filling (``fill_hole_area``, 8 like the official post-processing) runs in torch on any
 device; the official package skips it where its CUDA extension is missing.
+
+The public methods are the official ones: ``init_state``, ``add_new_points_or_box`` (and its old name
+``add_new_points``), ``add_new_mask``, ``propagate_in_video_preflight``, ``propagate_in_video``,
+``clear_all_prompts_in_frame``, ``remove_object`` and ``reset_state``, with the official options
+``non_overlap_masks``, ``clear_non_cond_mem_around_input`` and ``add_all_frames_to_correct_as_cond``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -51,21 +57,56 @@ class VideoState:
     cached_features: tuple[int, FrameFeatures] | None = None
     maskmem_pos_enc: torch.Tensor | None = None  # [1, mem_dim, h, w], the same for every frame
 
+    # the official ``inference_state`` is a dict: its plain entries read the same here
+    _OFFICIAL_KEYS: ClassVar[dict[str, str]] = {
+        "images": "frames",
+        "num_frames": "num_frames",
+        "video_height": "video_height",
+        "video_width": "video_width",
+        "device": "device",
+        "storage_device": "storage_device",
+        "obj_ids": "obj_ids",
+        "obj_id_to_idx": "obj_id_to_idx",
+    }
+
+    def __getitem__(self, key: str):
+        if key not in self._OFFICIAL_KEYS:
+            raise KeyError(f"VideoState has no official key '{key}' (it has {sorted(self._OFFICIAL_KEYS)})")
+        return getattr(self, self._OFFICIAL_KEYS[key])
+
 
 class VideoPredictor:
     """Interactive video segmentation: prompts on any frame for several objects, then propagation."""
 
-    def __init__(self, model: SAM2, fill_hole_area: int = 8, offload_state_to_cpu: bool = True):
+    def __init__(
+        self,
+        model: SAM2,
+        fill_hole_area: int = 8,
+        offload_state_to_cpu: bool = True,
+        non_overlap_masks: bool = False,
+        clear_non_cond_mem_around_input: bool = False,
+        add_all_frames_to_correct_as_cond: bool = False,
+    ):
         """
         Args:
             fill_hole_area: fill background holes of up to this many low-res pixels in each frame's
                 mask (0: off).
             offload_state_to_cpu: keep per-frame outputs on the CPU (moved to the model's device
                 when attended to).
+            non_overlap_masks: in the returned masks, a pixel belongs to the highest-scoring object
+                only (the others' logits there are capped at -10).
+            clear_non_cond_mem_around_input: forget an object's tracked memories within
+                ``num_maskmem`` frames (times the memory stride) of a frame it was prompted on, so
+                that stale appearance does not compete with a correction.
+            add_all_frames_to_correct_as_cond: a correction on a tracked frame makes it a
+                conditioning frame (default: it stays a tracked frame, as in SAM 2).
         """
         self.model = model
         self.fill_hole_area = fill_hole_area
         self.offload_state_to_cpu = offload_state_to_cpu
+        self.non_overlap_masks = non_overlap_masks
+        self.clear_non_cond_mem_around_input = clear_non_cond_mem_around_input
+        self.add_all_frames_to_correct_as_cond = add_all_frames_to_correct_as_cond
 
     @property
     def image_size(self) -> int:
@@ -159,6 +200,10 @@ class VideoPredictor:
         state.mask_inputs[obj].pop(frame_idx, None)
         return self._prompted(state, obj, frame_idx, (points, labels), None)
 
+    def add_new_points(self, *args, **kwargs):
+        """The official predictor's older name of :meth:`add_new_points_or_box`."""
+        return self.add_new_points_or_box(*args, **kwargs)
+
     @torch.inference_mode()
     def add_new_mask(self, inference_state: VideoState, frame_idx: int, obj_id, mask):
         """A binary mask [H, W] on a frame for one object; returns as :meth:`add_new_points_or_box`."""
@@ -179,8 +224,8 @@ class VideoPredictor:
         tracked = state.frames_tracked[obj]
         is_init_cond_frame = frame_idx not in tracked
         reverse = False if is_init_cond_frame else tracked[frame_idx]
-        # a correction on a tracked frame stays a tracked (non-conditioning) frame, as in SAM 2
-        is_cond = is_init_cond_frame
+        # a correction on a tracked frame stays a tracked (non-conditioning) frame unless asked otherwise
+        is_cond = is_init_cond_frame or self.add_all_frames_to_correct_as_cond
         temp = state.temp_outputs[obj].cond if is_cond else state.temp_outputs[obj].non_cond
         prev_logits = None
         if points is not None:
@@ -203,7 +248,23 @@ class VideoPredictor:
             out = temp.get(frame_idx) or state.outputs[obj].cond.get(frame_idx) or state.outputs[obj].non_cond.get(frame_idx)
             if out is not None:
                 masks[obj : obj + 1] = F.interpolate(out.pred_masks.to(state.device), size, mode="bilinear")
-        return masks
+        return self._non_overlapping(masks)
+
+    def _non_overlapping(self, masks: torch.Tensor) -> torch.Tensor:
+        """[objects, 1, H, W] logits; with ``non_overlap_masks``, each pixel is kept only by its
+        highest-scoring object (the others are capped at -10 there: sigmoid 4.5e-5)."""
+        if not self.non_overlap_masks or masks.shape[0] == 1:
+            return masks
+        winner = masks.argmax(dim=0, keepdim=True)  # [1, 1, H, W]
+        mine = winner == torch.arange(masks.shape[0], device=masks.device)[:, None, None, None]
+        return torch.where(mine, masks, masks.clamp(max=-10.0))
+
+    def _clear_memory_around(self, state: VideoState, obj: int, frame_idx: int) -> None:
+        """Drop one object's tracked (non-conditioning) memories near a frame it was prompted on."""
+        reach = self.model.tracking.memory_temporal_stride * self.model.tracking.num_maskmem
+        non_cond = state.outputs[obj].non_cond
+        for t in range(frame_idx - reach, frame_idx + reach + 1):
+            non_cond.pop(t, None)
 
     # ---- tracking ------------------------------------------------------------------------------
 
@@ -247,8 +308,11 @@ class VideoPredictor:
         pred_masks = out.pred_masks
         return self._store(state, out), pred_masks
 
-    def _preflight(self, state: VideoState) -> None:
-        """Encode the memories of prompted frames and move them from the temporary outputs."""
+    @torch.inference_mode()
+    def propagate_in_video_preflight(self, inference_state: VideoState) -> None:
+        """Encode the memories of prompted frames and move them from the temporary outputs (run by
+        :meth:`propagate_in_video`)."""
+        state = inference_state
         if not state.obj_ids:
             raise RuntimeError("No input points or masks are provided for any object; please add inputs first.")
         for obj in range(len(state.obj_ids)):
@@ -265,6 +329,8 @@ class VideoPredictor:
                         )
                         self._store(state, out)
                     (memory.cond if is_cond else memory.non_cond)[frame_idx] = out
+                    if self.clear_non_cond_mem_around_input:
+                        self._clear_memory_around(state, obj, frame_idx)
                 pending.clear()
             if not memory.cond:
                 raise RuntimeError(
@@ -284,7 +350,7 @@ class VideoPredictor:
         """Track every object from ``start_frame_idx`` (default: the first prompted frame) forward,
         or backward with ``reverse``; yields (frame_idx, obj_ids, masks [objects, 1, H, W] logits)."""
         state = inference_state
-        self._preflight(state)
+        self.propagate_in_video_preflight(state)
         num_frames = state.num_frames
         if start_frame_idx is None:
             start_frame_idx = min(t for memory in state.outputs.values() for t in memory.cond)
@@ -303,6 +369,8 @@ class VideoPredictor:
                 memory = state.outputs[obj]
                 if frame_idx in memory.cond:
                     masks = memory.cond[frame_idx].pred_masks.to(state.device)
+                    if self.clear_non_cond_mem_around_input:
+                        self._clear_memory_around(state, obj, frame_idx)
                 else:
                     out, masks = self._run_frame(state, obj, frame_idx, False, None, None, reverse, run_mem_encoder=True)
                     memory.non_cond[frame_idx] = out
@@ -311,4 +379,66 @@ class VideoPredictor:
             masks = torch.cat(per_object, dim=0)  # [objects, 1, S/4, S/4]
             if masks.shape[-2:] != size:
                 masks = F.interpolate(masks, size, mode="bilinear")
-            yield frame_idx, list(state.obj_ids), masks
+            yield frame_idx, list(state.obj_ids), self._non_overlapping(masks)
+
+    # ---- editing -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def clear_all_prompts_in_frame(self, inference_state: VideoState, frame_idx: int, obj_id, need_output: bool = True):
+        """Remove one object's clicks or mask on a frame. A conditioning frame it was becomes a
+        tracked frame (its output kept as tracked memory), so a new prompt there starts afresh.
+
+        Returns:
+            as :meth:`add_new_points_or_box` (None with ``need_output`` False).
+        """
+        state = inference_state
+        obj = self._obj_idx(state, obj_id)
+        state.point_inputs[obj].pop(frame_idx, None)
+        state.mask_inputs[obj].pop(frame_idx, None)
+        state.temp_outputs[obj].cond.pop(frame_idx, None)
+        state.temp_outputs[obj].non_cond.pop(frame_idx, None)
+        out = state.outputs[obj].cond.pop(frame_idx, None)
+        if out is not None:
+            state.outputs[obj].non_cond[frame_idx] = out
+            state.frames_tracked[obj].pop(frame_idx, None)
+        if not need_output:
+            return None
+        return frame_idx, list(state.obj_ids), self._consolidate(state, frame_idx, self._any_temp_cond(state, frame_idx))
+
+    def _any_temp_cond(self, state: VideoState, frame_idx: int) -> bool:
+        return any(frame_idx in temp.cond for temp in state.temp_outputs.values())
+
+    @torch.inference_mode()
+    def remove_object(self, inference_state: VideoState, obj_id, strict: bool = False, need_output: bool = True):
+        """Forget an object: its prompts, outputs and memories; the others keep their ids.
+
+        Returns:
+            (the remaining obj_ids, [(frame_idx, masks [objects, 1, H, W] logits)] for each frame the
+            object had prompts on, as the remaining objects look there now).
+        """
+        state = inference_state
+        if obj_id not in state.obj_id_to_idx:
+            if not strict:
+                return list(state.obj_ids), []
+            raise RuntimeError(f"Cannot remove object id {obj_id} as it doesn't exist. All existing object ids: {state.obj_ids}.")
+        if len(state.obj_ids) == 1:
+            self.reset_state(state)
+            return list(state.obj_ids), []
+        removed = state.obj_id_to_idx[obj_id]
+        prompted = sorted(set(state.point_inputs[removed]) | set(state.mask_inputs[removed]))
+        for frame_idx in prompted:
+            self.clear_all_prompts_in_frame(state, frame_idx, obj_id, need_output=False)
+        kept = [idx for idx in range(len(state.obj_ids)) if idx != removed]
+        for table in (state.point_inputs, state.mask_inputs, state.outputs, state.temp_outputs, state.frames_tracked):
+            values = [table[idx] for idx in kept]
+            table.clear()
+            table.update(enumerate(values))
+        remaining = [state.obj_ids[idx] for idx in kept]
+        state.obj_ids[:] = remaining
+        state.obj_id_to_idx.clear()
+        state.obj_id_to_idx.update((oid, idx) for idx, oid in enumerate(remaining))
+        updated = []
+        if need_output:
+            for frame_idx in prompted:
+                updated.append((frame_idx, self._consolidate(state, frame_idx, self._any_temp_cond(state, frame_idx))))
+        return list(state.obj_ids), updated
