@@ -313,6 +313,35 @@ def test_sav_frame_folder_matches_the_official_json_loader(sav, official_loaders
     assert sample["masks"].shape[1] == 2
 
 
+def test_sav_frames_with_a_null_entry_are_not_annotated(sav):
+    from unveil.datasets.sav import SAVFolder
+
+    root, _, masks = sav
+    annotation = json.loads((root / "sav_000" / "sav_000001_manual.json").read_text())
+    annotation["masklet"][1] = None  # SAM 2's loader drops a frame that is null or has a null object
+    annotation["masklet"][2][1] = None
+    (root / "sav_000" / "sav_000001_manual.json").write_text(json.dumps(annotation))
+    sample = SAVFolder(root, num_frames=4, max_objects=3, train=False)[0]
+    expected = np.stack([[masks[k][0], masks[k][2]] for k in (0, 3, 4, 5)])
+    assert np.array_equal(sample["masks"].numpy(), expected)
+    std, mean = torch.tensor(IMAGENET_DEFAULT_STD), torch.tensor(IMAGENET_DEFAULT_MEAN)
+    pixels = (sample["frames"] * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)) * 255
+    assert torch.allclose(pixels.mean(dim=(1, 2, 3)), torch.tensor([0.0, 96.0, 128.0, 160.0]), atol=3)
+
+
+def test_sav_json_fps_sets_the_annotation_spacing(sav):
+    from unveil.datasets.sav import SAVFolder
+
+    root, _, _ = sav
+    annotation = json.loads((root / "sav_000" / "sav_000001_manual.json").read_text())
+    annotation["fps"] = 8  # annotated at 8 fps of 24: every 3rd frame
+    (root / "sav_000" / "sav_000001_manual.json").write_text(json.dumps(annotation))
+    sample = SAVFolder(root, num_frames=4, train=False)[0]
+    std, mean = torch.tensor(IMAGENET_DEFAULT_STD), torch.tensor(IMAGENET_DEFAULT_MEAN)
+    pixels = (sample["frames"] * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)) * 255
+    assert torch.allclose(pixels.mean(dim=(1, 2, 3)), torch.tensor([0.0, 24.0, 48.0, 72.0]), atol=3)
+
+
 def test_sav_training_clips_start_with_their_objects(sav):
     from unveil.datasets.sav import SAVFolder
 
