@@ -26,12 +26,12 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
-from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, SkipBadSamples, plain_tensor
+from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, PipelineDataset, plain_tensor
 from unveil.datasets.datamodules import _LoadersMixin, _require, _require_path, _ShardsMixin
+from unveil.datasets.shards import IMAGE_FIELDS, ShardDecoder, sample_meta
 from unveil.datasets.skips import BadSample
 
 __all__ = [
@@ -133,13 +133,17 @@ def annotations_to_target(
         else:
             continue
         boxes.append([x0, y0, x1, y1])
-        labels.append(category_to_label[annotation["category_id"]] if category_to_label else annotation["label"])
+        labels.append(
+            category_to_label[annotation["category_id"]] if category_to_label else annotation["label"]
+        )
         masks.append(mask_utils.decode(rle))
         crowd.append(is_crowd)
         area.append(float(annotation.get("area", w * h)))
     return {
         "boxes": tv_tensors.BoundingBoxes(
-            torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(height, width)
+            torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            format="XYXY",
+            canvas_size=(height, width),
         ),
         "labels": torch.tensor(labels, dtype=torch.int64),
         "masks": tv_tensors.Mask(
@@ -150,8 +154,60 @@ def annotations_to_target(
     }
 
 
-class CocoInstances(SkipBadSamples, Dataset):
-    """A COCO instances JSON and its image folder, as detection samples (see the module docstring).
+class CocoPipeline:
+    """Decode and augment one detection sample, from a path or a shard member's bytes and the image's COCO
+    annotations: ``load`` gives ``(PIL image, target)`` (training images without a usable annotation raise
+    ``BadSample("no_annotations")``), ``to_sample`` ``{"image", "target"}`` (``make_sample``).
+
+    Args:
+        transform: ``(tv_tensors.Image, target) → (image, target)``, e.g. :func:`lsj_transform`; None keeps
+            the image as it is (evaluation: the detector resizes it).
+        train: training mode: crowd annotations left out, images without usable ones skipped.
+    """
+
+    decode_errors: tuple[type[BaseException], ...] = (OSError, BadSample)
+
+    def __init__(self, transform: Callable | None = None, train: bool = True) -> None:
+        self.transform, self.train = transform, train
+
+    def load(
+        self,
+        source: str | Path | bytes,
+        annotations: list[dict],
+        height: int,
+        width: int,
+        image_id: int,
+        category_to_label: dict[int, int] | None = None,
+        check_size: bool = True,
+    ) -> tuple[Image.Image, dict]:
+        """``category_to_label`` maps COCO category ids to labels (None: each annotation has its ``label``);
+        ``check_size``: the image must be ``width`` x ``height`` (shards may hold resized images)."""
+        target = annotations_to_target(
+            annotations, height, width, category_to_label, keep_crowd=not self.train
+        )
+        if self.train and not (target["iscrowd"] == 0).any():
+            raise BadSample(
+                NO_ANNOTATIONS, f"image {image_id} has no usable (non-crowd, non-empty) annotation"
+            )
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            image = image.convert("RGB")
+        if check_size and image.size != (width, height):
+            raise BadSample(
+                "decode_error", f"image is {image.size[0]}x{image.size[1]}, the JSON says {width}x{height}"
+            )
+        target["image_id"] = image_id
+        return image, target
+
+    def to_sample(self, decoded: tuple[Image.Image, dict]) -> dict:
+        image, target = decoded
+        sample = make_sample(image, target, self.transform, "")
+        del sample["key"]  # the source's
+        return sample
+
+
+class CocoInstances(PipelineDataset):
+    """A COCO instances JSON and its image folder, as detection samples (see the module docstring), read
+    through a :class:`CocoPipeline`.
 
     Args:
         images: folder holding the images (``file_name`` is relative to it).
@@ -161,8 +217,6 @@ class CocoInstances(SkipBadSamples, Dataset):
         train: training mode: crowd annotations left out, images without usable ones skipped.
         max_retries: consecutive skipped images tolerated before giving up.
     """
-
-    decode_errors = (OSError, BadSample)
 
     def __init__(
         self,
@@ -181,8 +235,8 @@ class CocoInstances(SkipBadSamples, Dataset):
         self.category_to_label = {cid: i + 1 for i, cid in enumerate(category_ids)}
         self.label_to_category = {i + 1: cid for i, cid in enumerate(category_ids)}
         self.classes = [self.coco.cats[cid]["name"] for cid in category_ids]
-        self.transform = transform
-        self.train = train
+        self.pipeline = CocoPipeline(transform, train)
+        self.transform, self.train = transform, train
         self._init_skipping(max_retries)
 
     @property
@@ -192,30 +246,20 @@ class CocoInstances(SkipBadSamples, Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _path_of(self, index: int) -> str:
-        return str(self.images / self.coco.imgs[self.ids[index]]["file_name"])
-
-    def _decode(self, index: int) -> tuple[Image.Image, dict]:
+    def _source(self, index: int) -> tuple[Path, dict]:
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
-        annotations = self.coco.imgToAnns.get(image_id, [])
-        target = annotations_to_target(
-            annotations, info["height"], info["width"], self.category_to_label, keep_crowd=not self.train
-        )
-        if self.train and not (target["iscrowd"] == 0).any():
-            raise BadSample(NO_ANNOTATIONS, f"image {image_id} has no usable (non-crowd, non-empty) annotation")
-        with Image.open(self._path_of(index)) as image:
-            image = image.convert("RGB")
-        if image.size != (info["width"], info["height"]):
-            raise BadSample(
-                "decode_error", f"image is {image.size[0]}x{image.size[1]}, the JSON says {info['width']}x{info['height']}"
-            )
-        target["image_id"] = image_id
-        return image, target
+        options = {
+            "annotations": self.coco.imgToAnns.get(image_id, []),
+            "height": info["height"],
+            "width": info["width"],
+            "image_id": image_id,
+            "category_to_label": self.category_to_label,
+        }
+        return self.images / info["file_name"], options
 
-    def _transform(self, decoded: tuple[Image.Image, dict], index: int) -> dict:
-        image, target = decoded
-        return make_sample(image, target, self.transform, self.coco.imgs[self.ids[index]]["file_name"])
+    def _key(self, index: int) -> str:
+        return self.coco.imgs[self.ids[index]]["file_name"]
 
 
 def make_sample(image: Image.Image, target: dict, transform: Callable | None, key: str) -> dict:
@@ -268,36 +312,35 @@ def coco_shard_items(root: str | Path, split: str = "train"):
             {**{k: a[k] for k in _SHARD_FIELDS if k in a}, "label": label_of[a["category_id"]]}
             for a in coco.imgToAnns.get(image_id, [])
         ]
-        meta = {"image_id": image_id, "width": info["width"], "height": info["height"], "annotations": annotations}
+        meta = {
+            "image_id": image_id,
+            "width": info["width"],
+            "height": info["height"],
+            "annotations": annotations,
+        }
         items.append(ShardItem(Path(root) / split / info["file_name"], 0, info["file_name"], meta))
     return [coco.cats[cid]["name"] for cid in category_ids], items
 
 
-class CocoShardDecoder:
-    """Shard samples of ``unveil shards make coco`` → detection samples, as :class:`CocoInstances` makes them
-    (same skipping of training images without usable annotations, counted as ``no_annotations``)."""
+class CocoShardDecoder(ShardDecoder):
+    """Shard samples of ``unveil shards make coco`` → detection samples, through the :class:`CocoPipeline` of
+    :class:`CocoInstances` (same skipping of training images without usable annotations, counted as
+    ``no_annotations``)."""
+
+    fields, what = IMAGE_FIELDS, "image"
 
     def __init__(self, transform: Callable | None = None, train: bool = True) -> None:
-        self.transform, self.train = transform, train
+        super().__init__(CocoPipeline(transform, train), num_classes=0)
 
-    def decode(self, sample: dict) -> tuple[Image.Image, dict]:
-        from unveil.datasets.shards import IMAGE_FIELDS, _media, sample_meta
-
+    def load_options(self, sample: dict) -> dict:
         meta = sample_meta(sample)
-        target = annotations_to_target(meta["annotations"], meta["height"], meta["width"], None, not self.train)
-        if self.train and not (target["iscrowd"] == 0).any():
-            raise BadSample(NO_ANNOTATIONS, f"image {meta['image_id']} has no usable annotation")
-        _, data = _media(sample, IMAGE_FIELDS, "image")
-        with Image.open(io.BytesIO(data)) as image:
-            image = image.convert("RGB")
-        target["image_id"] = meta["image_id"]
-        return image, target
-
-    def to_sample(self, decoded: tuple[Image.Image, dict], sample: dict) -> dict:
-        from unveil.datasets.shards import sample_key
-
-        image, target = decoded
-        return make_sample(image, target, self.transform, sample_key(sample))
+        return {
+            "annotations": meta["annotations"],
+            "height": meta["height"],
+            "width": meta["width"],
+            "image_id": meta["image_id"],
+            "check_size": False,
+        }
 
 
 class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
@@ -353,11 +396,20 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
                 if split is not None and source is None:
                     _require_path(owner, "split", Path(root) / split, "")
                     _require_path(owner, "annotations", self._annotations(root, split), "")
-        _require(owner, "image_size", image_size >= 32 and image_size % 32 == 0, "a multiple of 32", image_size)
+        _require(
+            owner, "image_size", image_size >= 32 and image_size % 32 == 0, "a multiple of 32", image_size
+        )
         _require(owner, "batch_size", batch_size >= 1, ">= 1", batch_size)
         self.save_hyperparameters()
         self._init_shards(
-            owner, shards, val_shards, epoch_samples, resampled, shuffle_buffer, shuffle_seed, max_skip_fraction,
+            owner,
+            shards,
+            val_shards,
+            epoch_samples,
+            resampled,
+            shuffle_buffer,
+            shuffle_seed,
+            max_skip_fraction,
             skip_log,
         )
         self.root, self.image_size, self.scale_range, self.hflip = root, image_size, tuple(scale_range), hflip
@@ -390,7 +442,10 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             self._limit_skips(self.train_set)
         if self.val_set is None and self.val_split is not None and self.val_shards is None and self.root:
             self.val_set = CocoInstances(
-                Path(self.root) / self.val_split, self._annotations(self.root, self.val_split), None, train=False
+                Path(self.root) / self.val_split,
+                self._annotations(self.root, self.val_split),
+                None,
+                train=False,
             )
             self._limit_skips(self.val_set)
 
@@ -410,7 +465,9 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         return DataLoader(
             self.val_set,
             batch_size=self.val_batch_size or self.batch_size,
-            sampler=UnrepeatedDistributedSampler(self.val_set, num_replicas=world_size, rank=rank, shuffle=False),
+            sampler=UnrepeatedDistributedSampler(
+                self.val_set, num_replicas=world_size, rank=rank, shuffle=False
+            ),
             num_workers=self.num_workers,
             collate_fn=detection_collate,
             persistent_workers=self.num_workers > 0,
