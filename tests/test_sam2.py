@@ -491,3 +491,50 @@ def test_lazy_frames_are_the_official_frames(tmp_path):
         assert (len(frames), frames.video_height, frames.video_width) == (3, height, width) == (3, 48, 64)
         for t in range(3):
             assert torch.equal(frames[t], expected[t]), (source, t)
+
+
+# ---- the quickstart chain into SAM 2 ------------------------------------------------------------------
+
+
+@pytest.mark.slow  # about a minute: a 2-step quickstart fit of a Hiera-T MAE, its export, two CLI runs
+def test_quickstart_abs_win_export_runs_both_predictors_through_the_cli(tmp_path):
+    """``unveil fit --config quickstart --config presets/abswin`` at Hiera-T's width and depth (the
+    quickstart's own Hiera is narrower than any SAM 2 trunk), ``unveil export --format sam2``, then
+    ``unveil segment image|video --trunk`` with the export and with the ``.ckpt``: the trunk of
+    ``sam2_hiera_tiny`` holds the pretrained weights and both predictors run."""
+    from PIL import Image
+
+    from unveil.launch.segment import load_model
+
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+
+    def unveil(*args):
+        result = subprocess.run([_unveil(), *args], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900, check=False)
+        assert result.returncode == 0, f"unveil {' '.join(args)}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        return result
+
+    unveil("synth", "images", "--out", "data/shapes", "--num_classes", "2", "--train_per_class", "4",
+           "--val_per_class", "2", "--size", "64", "--progress", "false")
+    hiera_t = "--model.init_args.model.init_args."
+    unveil("fit", "--config", "quickstart", "--config", "presets/abswin", "--trainer.max_steps", "2",
+           "--trainer.val_check_interval", "2", "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+           "--data.init_args.input_size", "64", f"{hiera_t}input_size=[64,64]", f"{hiera_t}embed_dim=96",
+           f"{hiera_t}num_heads=1", f"{hiera_t}stages=[1,2,7,2]", "--model.init_args.log_images_every_n_steps", "0")
+    (ckpt,) = (tmp_path / "runs/quickstart").glob("version_*/checkpoints/last.ckpt")
+    unveil("export", str(ckpt), "--format", "sam2", "--out", "trunk_sam2.pt")
+
+    pretrained = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    for source in (tmp_path / "trunk_sam2.pt", ckpt):
+        model = load_model(None, str(source), None, "cpu", image_size=256)
+        assert model.config.trunk == "tiny"
+        for key, value in model.image_encoder.trunk.state_dict().items():
+            assert torch.equal(value, pretrained[f"model.{key}"]), (source, key)
+
+    image = (np.random.default_rng(4).random((120, 160, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    out = unveil("segment", "image", "photo.png", "--point", "80,60", "--trunk", "trunk_sam2.pt", "--image-size", "256",
+                 "--out", "mask.png")
+    assert "new (untrained)" in out.stderr and np.array(Image.open(tmp_path / "mask.png")).shape == (120, 160, 3)
+    write_frames(tmp_path / "clip", count=3, size=(96, 128))
+    unveil("segment", "video", "clip", "--point", "1,40,50", "--trunk", str(ckpt), "--image-size", "256", "--out", "overlays")
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["00000.png", "00001.png", "00002.png"]
