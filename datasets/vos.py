@@ -61,6 +61,9 @@ class VOSFolder(SkipBadSamples, Dataset):
         max_objects: objects per clip at most (SAM 2 trains on 3).
         size: frames and masks resized to ``size`` × ``size`` (bilinear / nearest); None keeps them.
         train: random windows and objects; else the first window and the first objects (reproducible).
+        transform: replaces the resize and normalisation: called with the clip's uint8 frames [T, 3, H, W] and
+            bool masks [T, O, H, W], it returns the sample's ``(frames, masks)`` (e.g.
+            :class:`unveil.datasets.sam2_data.SAM2Augment`, which resizes and normalises itself).
         max_retries: consecutive skipped videos tolerated before giving up.
     """
 
@@ -75,6 +78,7 @@ class VOSFolder(SkipBadSamples, Dataset):
         max_objects: int = 3,
         size: int | None = None,
         train: bool = True,
+        transform=None,
         max_retries: int = 20,
     ) -> None:
         self.root = Path(root)
@@ -95,6 +99,7 @@ class VOSFolder(SkipBadSamples, Dataset):
         self.max_objects = max_objects
         self.size = size
         self.train = train
+        self.transform = transform
         self._init_skipping(max_retries)
 
     def _video_names(self, split: str | None) -> list[str]:
@@ -223,6 +228,11 @@ class VOSFolder(SkipBadSamples, Dataset):
 
     def _transform(self, decoded: tuple[np.ndarray, np.ndarray], index: int) -> dict:
         frames, masks = decoded
+        if self.transform is not None:
+            video, mask = self.transform(
+                torch.from_numpy(frames).permute(0, 3, 1, 2), torch.from_numpy(masks)
+            )
+            return {"frames": video, "masks": mask, "key": self.videos[index]}
         video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0  # [T, 3, H, W]
         mask = torch.from_numpy(masks)  # [T, O, H, W]
         if self.size is not None:

@@ -15,7 +15,7 @@ import torch
 from unveil.datasets.vos import VOSFolder
 from unveil.finetune.vos_metrics import VOSScores
 
-__all__ = ["evaluate_semi_supervised"]
+__all__ = ["evaluate_semi_supervised", "predict_video"]
 
 
 def _frame_order(folder: Path) -> list[str]:
@@ -26,6 +26,47 @@ def _frame_order(folder: Path) -> list[str]:
         if p.suffix.lower() in (".jpg", ".jpeg") and not p.name.startswith(".")
     ]
     return sorted(stems, key=lambda stem: (0, int(stem), "") if stem.isdigit() else (1, 0, stem))
+
+
+@torch.inference_mode()
+def predict_video(
+    predictor,
+    folder: str | Path,
+    stems: list[str],
+    ids: list,
+    truth: torch.Tensor,
+    max_frames: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Track one video's objects from their masks on its first annotated frame.
+
+    Args:
+        folder: the video's JPEG frames; ``stems``: names of its annotated frames; ``ids``: object ids;
+        truth: bool [T, O, H, W] masks of the objects over the annotated frames (``VOSFolder.video_annotations``).
+        max_frames: track this many frames from the first annotated one only.
+
+    Returns:
+        (predicted, true) bool masks [T', O, H, W] of the annotated frames that were tracked.
+    """
+    folder = Path(folder)
+    order = _frame_order(folder)
+    position = {stem: i for i, stem in enumerate(order)}
+    missing = [stem for stem in stems if stem not in position]
+    if missing:
+        raise FileNotFoundError(f"{folder}: annotated frame {missing[0]} has no JPEG")
+    first = position[stems[0]]
+    track = len(order) - first if max_frames is None else max_frames
+    state = predictor.init_state(str(folder))
+    for o, object_id in enumerate(ids):
+        predictor.add_new_mask(state, first, object_id, truth[0, o])
+    predicted: dict[int, torch.Tensor] = {}
+    for frame_idx, obj_ids, logits in predictor.propagate_in_video(
+        state, start_frame_idx=first, max_frame_num_to_track=track - 1
+    ):
+        by_id = dict(zip(obj_ids, logits[:, 0].cpu() > 0))
+        predicted[frame_idx] = torch.stack([by_id[object_id] for object_id in ids])  # [O, H, W]
+    predictor.reset_state(state)
+    kept = [t for t, stem in enumerate(stems) if position[stem] in predicted]
+    return torch.stack([predicted[position[stems[t]]] for t in kept]), truth[kept]
 
 
 @torch.inference_mode()
@@ -55,25 +96,7 @@ def evaluate_semi_supervised(
     count = len(dataset) if max_videos is None else min(max_videos, len(dataset))
     for index in range(count):
         folder, stems, ids, truth = dataset.video_annotations(index)
-        order = _frame_order(folder)
-        position = {stem: i for i, stem in enumerate(order)}
-        missing = [stem for stem in stems if stem not in position]
-        if missing:
-            raise FileNotFoundError(f"{folder}: annotated frame {missing[0]} has no JPEG")
-        first = position[stems[0]]
-        track = len(order) - first if max_frames is None else max_frames
-        state = predictor.init_state(str(folder))
-        for o, object_id in enumerate(ids):
-            predictor.add_new_mask(state, first, object_id, truth[0, o])
-        predicted: dict[int, torch.Tensor] = {}
-        for frame_idx, obj_ids, logits in predictor.propagate_in_video(
-            state, start_frame_idx=first, max_frame_num_to_track=track - 1
-        ):
-            by_id = dict(zip(obj_ids, logits[:, 0].cpu() > 0))
-            predicted[frame_idx] = torch.stack([by_id[object_id] for object_id in ids])  # [O, H, W]
-        predictor.reset_state(state)
-        kept = [t for t, stem in enumerate(stems) if position[stem] in predicted]
-        pred = torch.stack([predicted[position[stems[t]]] for t in kept])  # [T, O, H, W]
-        j, f = scores.update(pred, truth[kept])
+        pred, kept_truth = predict_video(predictor, folder, stems, ids, truth, max_frames)
+        j, f = scores.update(pred, kept_truth)
         per_video[dataset.videos[index]] = {"J": j.tolist(), "F": f.tolist()}
     return {**scores.compute(), "videos": per_video}
