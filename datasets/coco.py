@@ -30,7 +30,14 @@ from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, PipelineDataset, plain_tensor
-from unveil.datasets.datamodules import _LoadersMixin, _require, _require_path, _ShardsMixin
+from unveil.datasets.datamodules import (
+    ShardOptions,
+    SkipPolicy,
+    _LoadersMixin,
+    _require,
+    _require_path,
+    _ShardsMixin,
+)
 from unveil.datasets.shards import IMAGE_FIELDS, ShardDecoder, sample_meta
 from unveil.datasets.skips import BadSample
 
@@ -358,10 +365,9 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         scale_range: LSJ scale range (ViTDet: 0.1 to 2.0).
         batch_size: training images per batch per device; val_batch_size: per validation batch.
         num_workers, pin_memory: DataLoader settings.
-        max_skip_fraction, skip_log: see ``ImageDataModule``.
+        skips, shuffle_seed, shard_options: as for ``ImageDataModule``.
         shards, val_shards: read WebDataset shards of ``unveil shards make coco`` instead of the folders
-            (``root`` may then be null); epoch_samples, resampled, shuffle_buffer, shuffle_seed: as for
-            ``ImageDataModule``.
+            (``root`` may then be null).
     """
 
     def __init__(
@@ -376,14 +382,11 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         train_split: str = "train",
         val_split: str | None = "val",
         pin_memory: bool = True,
-        max_skip_fraction: float | None = 0.1,
-        skip_log: str | None = None,
+        skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - frozen dataclass
         shuffle_seed: int = 0,
         shards: str | list[str] | None = None,
         val_shards: str | list[str] | None = None,
-        epoch_samples: int | None = None,
-        resampled: bool = False,
-        shuffle_buffer: int = 1000,
+        shard_options: ShardOptions = ShardOptions(),  # noqa: B008 - frozen dataclass
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -400,18 +403,9 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             owner, "image_size", image_size >= 32 and image_size % 32 == 0, "a multiple of 32", image_size
         )
         _require(owner, "batch_size", batch_size >= 1, ">= 1", batch_size)
+        self._init_sources(owner, shards, val_shards, shard_options, skips, shuffle_seed)
         self.save_hyperparameters()
-        self._init_shards(
-            owner,
-            shards,
-            val_shards,
-            epoch_samples,
-            resampled,
-            shuffle_buffer,
-            shuffle_seed,
-            max_skip_fraction,
-            skip_log,
-        )
+        self._plain_hparams()
         self.root, self.image_size, self.scale_range, self.hflip = root, image_size, tuple(scale_range), hflip
         self.train_split, self.val_split = train_split, val_split
         self.batch_size, self.val_batch_size = batch_size, val_batch_size

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from unveil.datasets import ImageDataModule
+from unveil.datasets import ImageDataModule, ShardOptions
 from unveil.datasets.skips import SkipCounterCallback
 
 
@@ -64,9 +64,9 @@ def main() -> None:
         batch_size=4,
         num_workers=args.workers,
         val_split=None,
-        resampled=args.mode == "resampled",
-        epoch_samples=args.epoch_samples,
-        shuffle_buffer=8,
+        shard_options=ShardOptions(
+            resampled=args.mode == "resampled", epoch_samples=args.epoch_samples, shuffle_buffer=8
+        ),
     )
     trainer = L.Trainer(
         accelerator="cpu",

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import Logger
 from unveil.datasets import (
     AudioDataModule,
     ImageDataModule,
+    SkipPolicy,
     VideoDataModule,
     image_eval_transform,
     make_audio_folder,
@@ -245,7 +246,7 @@ def test_run_stops_above_the_skip_fraction(mostly_bad_shards):
         batch_size=2,
         num_workers=0,
         val_split=None,
-        max_skip_fraction=0.1,
+        skips=SkipPolicy(max_skip_fraction=0.1),
     )
     with pytest.raises(SkipFractionExceeded) as info:
         fit(data)
@@ -260,7 +261,7 @@ def test_run_stops_above_the_skip_fraction(mostly_bad_shards):
         batch_size=2,
         num_workers=0,
         val_split=None,
-        max_skip_fraction=0.5,
+        skips=SkipPolicy(max_skip_fraction=0.5),
     )
     callback, _, _ = fit(relaxed)
     assert callback.totals == {"truncated": 6}
@@ -287,8 +288,7 @@ def test_skip_log_lists_keys_and_reasons(tmp_path, mostly_bad_shards):
         batch_size=2,
         num_workers=1,
         val_split=None,
-        max_skip_fraction=None,
-        skip_log=str(log),
+        skips=SkipPolicy(max_skip_fraction=None, skip_log=str(log)),
     )
     fit(data)
     records = [json.loads(line) for line in (tmp_path / "skips-0.jsonl").read_text().splitlines()]

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from unveil.datasets import (
     ImageDataModule,
     ImageFolderDataset,
+    ShardOptions,
     VideoDataModule,
     VideoDataset,
     image_eval_transform,
@@ -356,8 +357,8 @@ def test_datamodules_switch_to_shards_by_configuration(image_index, image_root, 
     with pytest.raises(FileNotFoundError) as info:
         ImageDataModule(shards=str(tmp_path / "missing.json"))
     assert str(info.value).startswith("ImageDataModule.shards:") and "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="ImageDataModule.resampled"):
-        ImageDataModule(str(image_root), val_split=None, resampled=True)
+    with pytest.raises(ValueError, match="ImageDataModule.shard_options.resampled"):
+        ImageDataModule(str(image_root), val_split=None, shard_options=ShardOptions(resampled=True))
 
 
 # ------------------------------------------------------------------------------------------------- CLI

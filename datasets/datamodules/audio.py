@@ -1,0 +1,413 @@
+"""``AudioDataModule`` (AudioMAE fbanks) and ``AudioVideoDataModule`` (MAViL clips): manifests, folders or
+shards."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+from unveil.datasets.audio import (
+    AUDIOSET_MEAN,
+    AUDIOSET_STD,
+    AudioDataset,
+    AudioPipeline,
+    ClassIndex,
+    FbankTransform,
+)
+from unveil.datasets.audio_video import AudioVideoDataset, AudioVideoPipeline
+from unveil.datasets.datamodules.base import (
+    _check_clip_source,
+    _check_common,
+    _LoadersMixin,
+    _require,
+    _require_path,
+    _ShardsMixin,
+)
+from unveil.datasets.datamodules.options import ShardOptions, SkipPolicy
+from unveil.datasets.shards import (
+    AudioShardDecoder,
+    AudioVideoShardDecoder,
+)
+
+
+def _check_audio(
+    owner: str, target_length: int | None, freqm: int, timem: int, norm_std: float, val_batch_size: int | None
+) -> None:
+    _require(owner, "target_length", target_length is None or target_length >= 1, ">= 1", target_length)
+    _require(owner, "freqm", freqm >= 0, ">= 0 (0 disables frequency masking)", freqm)
+    _require(owner, "timem", timem >= 0, ">= 0 (0 disables time masking)", timem)
+    _require(owner, "norm_std", norm_std > 0, "> 0", norm_std)
+    _require(owner, "val_batch_size", val_batch_size is None or val_batch_size >= 1, ">= 1", val_batch_size)
+
+
+class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
+    """Audio clips as AudioMAE fbanks (``AudioDataset``), for audio MAE pretraining and fine-tuning.
+
+    Sources. Training: ``manifest`` (AudioSet-style CSV ``id_or_path,"labels"`` or AudioMAE's JSON) when
+    given, else the folder ``root/<train_split>/<class>/*.{wav,flac}``. Validation: ``val_manifest`` when
+    given, else the folder ``root/<val_split>`` when ``root`` and ``val_split`` are set, else none.
+    Relative manifest paths resolve against ``root`` when given, else the manifest's folder.
+
+    Batches: ``{"fbank": [B, 1, target_length, 128], "label": [B, num_classes] float multi-hot,
+    "key": list[str]}``. Training applies ``gain``, ``time_shift`` and SpecAugment (``freqm``/``timem``);
+    validation none.
+
+    With ``shards`` (``unveil shards make audio``) training reads them instead of the manifest/folder, and
+    the classes are the shard index's; ``val_shards`` likewise replaces the validation source.
+
+    Args:
+        manifest: training manifest (CSV or JSON).
+        class_index: AudioSet ``class_labels_indices.csv``-style file (``index,mid,display_name``); without
+            it, classes come from the training manifest's labels (or the class folders).
+        val_manifest: validation manifest.
+        root: dataset folder (folder layout), and the base of relative manifest paths.
+        train_split, val_split: sub-folders of ``root`` (folder layout); ``val_split: null`` disables it.
+        target_length: fbank frames per clip (100 per second: 1024 for AudioSet's 10 s).
+        freqm, timem: maximum widths of the frequency and time masks in training (0 disables; AudioMAE
+            pretrains with 0, fine-tunes on AudioSet with 48, 192).
+        gain: AudioMAE's ``--roll_mag_aug`` in training, a random gain (``random_gain``; its roll never
+            shifts); on, as in AudioMAE's AS-2M pretraining.
+        time_shift: a random circular shift of the waveform in training (``time_shift_waveform``; ours).
+        norm_mean, norm_std: fbank statistics of the dataset (AudioSet's by default).
+        batch_size: clips per training batch (per device).
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        pin_memory: pin host memory of the batches.
+        val_batch_size: clips per validation batch; defaults to ``batch_size``.
+        shards: train from WebDataset shards instead of the folder/CSV source: an index written by
+            ``unveil shards make``, a folder holding one, a brace pattern of tars, or a list of these.
+        val_shards: validate on shards (default: the folder/CSV validation source, if any).
+        shard_options: how training shards are read (``ShardOptions``: ``epoch_samples``, ``resampled``,
+            ``shuffle_buffer``).
+        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch; for the
+            folder/CSV source, combined with ``seed_everything``: seed of the sample order and augmentation.
+        skips: bad samples (``SkipPolicy``: ``max_skip_fraction`` at which the run stops, ``skip_log``).
+    """
+
+    def __init__(
+        self,
+        manifest: str | None = None,
+        class_index: str | None = None,
+        val_manifest: str | None = None,
+        root: str | None = None,
+        train_split: str = "train",
+        val_split: str | None = "val",
+        target_length: int = 1024,
+        freqm: int = 0,
+        timem: int = 0,
+        gain: bool = True,
+        time_shift: bool = False,
+        norm_mean: float = AUDIOSET_MEAN,
+        norm_std: float = AUDIOSET_STD,
+        batch_size: int = 32,
+        num_workers: int = 8,
+        pin_memory: bool = True,
+        val_batch_size: int | None = None,
+        shards: str | list[str] | None = None,
+        val_shards: str | list[str] | None = None,
+        shard_options: ShardOptions = ShardOptions(shuffle_buffer=500),  # noqa: B008 - frozen dataclass
+        shuffle_seed: int = 0,
+        skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - frozen dataclass
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        hint = " (run 'unveil synth audio --out DIR' to generate a dataset)"
+        if manifest is None and root is None and shards is None:
+            raise ValueError(f"{owner}: set manifest (CSV/JSON manifest) or root (folder layout), or shards")
+        if manifest is not None:
+            _require_path(owner, "manifest", manifest, hint)
+        elif root is not None:
+            _require_path(owner, "root", root, hint)
+            if shards is None:
+                _require_path(owner, "train_split", Path(root) / train_split, "")
+        if class_index is not None:
+            _require_path(owner, "class_index", class_index, "")
+        if val_manifest is not None:
+            _require_path(owner, "val_manifest", val_manifest, "")
+        elif manifest is None and val_split is not None and root is not None and val_shards is None:
+            _require_path(
+                owner, "val_split", Path(root) / val_split, " (set val_split: null for no validation)"
+            )
+        _require(owner, "batch_size", batch_size >= 1, ">= 1", batch_size)
+        _require(owner, "num_workers", num_workers >= 0, ">= 0", num_workers)
+        _check_audio(owner, target_length, freqm, timem, norm_std, val_batch_size)
+        self._init_sources(owner, shards, val_shards, shard_options, skips, shuffle_seed)
+        self.save_hyperparameters()
+        self._plain_hparams()
+        self.manifest, self.class_index, self.val_manifest = manifest, class_index, val_manifest
+        self.root, self.train_split, self.val_split = root, train_split, val_split
+        self.target_length, self.freqm, self.timem = target_length, freqm, timem
+        self.gain, self.time_shift = gain, time_shift
+        self.norm_mean, self.norm_std = norm_mean, norm_std
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.train_set: AudioDataset | None = None
+        self.val_set: AudioDataset | None = None
+
+    def pipeline(self, train: bool) -> AudioPipeline:
+        """Decoding and fbank features (augmented in training), for manifests, folders and shards alike."""
+        transform = FbankTransform(
+            self.target_length,
+            train,
+            self.freqm,
+            self.timem,
+            self.gain,
+            self.time_shift,
+            mean=self.norm_mean,
+            std=self.norm_std,
+        )
+        return AudioPipeline(transform)
+
+    def _dataset(self, manifest: str | None, split: str, train: bool, classes) -> AudioDataset:
+        return AudioDataset(manifest, self.root, split, classes, pipeline=self.pipeline(train))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.shards is not None:
+            # Labels in shards are class indices fixed when they were made; the index names the classes.
+            if self.val_set is None and self.val_shards is None and (self.val_manifest or self.root):
+                classes = self.class_index
+                shard_set = self.shard_sets["shards"]
+                if classes is None and shard_set.classes is not None:
+                    classes = ClassIndex(
+                        tuple(shard_set.class_mids or shard_set.classes), tuple(shard_set.classes)
+                    )
+                if self.val_manifest is not None:
+                    self.val_set = self._dataset(self.val_manifest, "", False, classes)
+                elif self.val_split is not None:
+                    self.val_set = self._dataset(None, self.val_split, False, classes)
+                self._limit_skips(self.val_set)
+            return
+        if self.train_set is None:
+            self.train_set = self._dataset(self.manifest, self.train_split, True, self.class_index)
+            self._limit_skips(self.train_set)
+        if self.val_set is None and self.val_shards is None:
+            if self.val_manifest is not None:
+                self.val_set = self._dataset(self.val_manifest, "", False, self.train_set.classes)
+            elif self.manifest is None and self.val_split is not None:
+                self.val_set = self._dataset(None, self.val_split, False, self.train_set.classes)
+            self._limit_skips(self.val_set)
+
+    def _shard_decoder(self, train: bool) -> AudioShardDecoder:
+        return AudioShardDecoder(pipeline=self.pipeline(train), num_classes=self._shard_num_classes())
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (class index, training manifest labels, class folders, or shard index)."""
+        if self.shards is not None:
+            return self._shard_num_classes()
+        self.setup()
+        return self.train_set.num_classes
+
+
+class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
+    """Audio-video clips for MAViL (``AudioVideoDataset``): frames and audio of the same time window.
+
+    Sources. Training: ``csv_train`` (``video_path[,audio_path][,labels...]``, see ``read_av_manifest``)
+    when given, else the folder ``root/<train_split>/<class>/*.mp4`` (audio: the wav/flac with the same
+    stem, else the video's track; see ``audio_from``). Validation: ``csv_val`` when given, else the
+    folder ``root/<val_split>`` when ``root`` and ``val_split`` are set, else none.
+
+    Each clip is a ``duration``-second window (random in training, centred in validation). Frames are
+    sampled by rate (``video_fps``, MAViL: 2 fps, so 8 frames over 4 s; ``num_frames`` defaults to
+    ``duration * video_fps``) or, with ``video_fps: null``, as ``num_frames`` frames ``stride`` apart.
+    The window's audio becomes an fbank of ``target_length`` frames (default ``duration * 100``).
+
+    Batches: ``{"video": [B, 3, T, S, S], "fbank": [B, 1, target_length, 128], "audio_missing": [B]
+    bool, "key": list[str], "label": [B, num_classes] float}`` (``label`` only when the source has labels).
+
+    With ``shards`` (``unveil shards make audio-video``) training reads them instead of the manifest/folder
+    (labels: the shard index's classes); ``val_shards`` likewise replaces the validation source.
+
+    Args:
+        root: dataset folder (folder layout), and the base of relative CSV paths.
+        csv_train, csv_val: manifests.
+        class_index: ``index,mid,display_name`` CSV mapping the labels; default: the training labels.
+        train_split, val_split: sub-folders of ``root``; ``val_split: null`` disables validation.
+        duration: window length in seconds (audio and video).
+        video_fps: frames per second sampled in the window; null to sample by ``stride``.
+        num_frames: frames per clip (T).
+        stride: source frames between sampled frames (with ``video_fps: null``).
+        input_size: side of the square video crops.
+        crop_scale, hflip: video RandomResizedCrop area range and flip probability (one draw per clip).
+        target_length: fbank frames per clip; default ``round(duration * 100)``.
+        freqm, timem: SpecAugment mask widths in training (0 disables; AudioMAE pretrains with 0).
+        gain: AudioMAE's ``--roll_mag_aug`` in training, a random gain of the audio (its roll never shifts,
+            so it keeps the alignment with the frames); on, as in AudioMAE's AS-2M pretraining. There is no
+            time shift here: it would break the alignment.
+        norm_mean, norm_std: fbank statistics (AudioSet's by default).
+        missing_audio: ``skip`` or ``zeros`` (zero fbank and ``audio_missing=True``) for clips without
+            an audio track or with a silent one.
+        silence_threshold: peak amplitude at or below which a track counts as silent.
+        audio_from: ``auto``, ``track`` or ``file`` (see ``AudioVideoDataset``).
+        frames_fps: frame rate of videos given as folders of frames (with a separate audio file).
+        allow_short: keep videos shorter than the window (last frame repeated, audio zero-padded)
+            instead of skipping them.
+        batch_size, num_workers, pin_memory, val_batch_size: DataLoader settings.
+        shards: train from WebDataset shards instead of the folder/CSV source: an index written by
+            ``unveil shards make``, a folder holding one, a brace pattern of tars, or a list of these.
+        val_shards: validate on shards (default: the folder/CSV validation source, if any).
+        shard_options: how training shards are read (``ShardOptions``: ``epoch_samples``, ``resampled``,
+            ``shuffle_buffer``).
+        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch; for the
+            folder/CSV source, combined with ``seed_everything``: seed of the sample order and augmentation.
+        skips: bad samples (``SkipPolicy``: ``max_skip_fraction`` at which the run stops, ``skip_log``).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        csv_train: str | None = None,
+        csv_val: str | None = None,
+        class_index: str | None = None,
+        train_split: str = "train",
+        val_split: str | None = "val",
+        duration: float = 4.0,
+        video_fps: float | None = 2.0,
+        num_frames: int | None = None,
+        stride: int | None = None,
+        input_size: int = 224,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        hflip: float = 0.5,
+        target_length: int | None = None,
+        freqm: int = 0,
+        timem: int = 0,
+        gain: bool = True,
+        norm_mean: float = AUDIOSET_MEAN,
+        norm_std: float = AUDIOSET_STD,
+        missing_audio: str = "skip",
+        silence_threshold: float = 1e-4,
+        audio_from: str = "auto",
+        allow_short: bool = False,
+        frames_fps: float = 30.0,
+        batch_size: int = 8,
+        num_workers: int = 8,
+        pin_memory: bool = True,
+        val_batch_size: int | None = None,
+        shards: str | list[str] | None = None,
+        val_shards: str | list[str] | None = None,
+        shard_options: ShardOptions = ShardOptions(shuffle_buffer=100),  # noqa: B008 - frozen dataclass
+        shuffle_seed: int = 0,
+        skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - frozen dataclass
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        _check_clip_source(
+            owner, "audiovideo", root, csv_train, csv_val, train_split, val_split, shards, val_shards
+        )
+        if class_index is not None:
+            _require_path(owner, "class_index", class_index, "")
+        _check_common(owner, input_size, batch_size, num_workers, crop_scale, hflip)
+        _check_audio(owner, target_length, freqm, timem, norm_std, val_batch_size)
+        _require(owner, "duration", duration > 0, "> 0 seconds", duration)
+        if video_fps is not None:
+            _require(owner, "video_fps", video_fps > 0, "> 0, or null to sample by stride", video_fps)
+            _require(
+                owner, "stride", stride is None, "null when sampling by rate (set video_fps: null)", stride
+            )
+            frames = num_frames if num_frames is not None else max(1, round(duration * video_fps))
+            _require(
+                owner,
+                "num_frames",
+                frames >= 1 and (frames - 1) / video_fps < duration,
+                f"between 1 and {math.ceil(duration * video_fps)} ({video_fps} fps in {duration} s)",
+                num_frames,
+            )
+        else:
+            _require(
+                owner, "stride", stride is not None and stride >= 1, ">= 1 when video_fps is null", stride
+            )
+            _require(
+                owner,
+                "num_frames",
+                num_frames is not None and num_frames >= 1,
+                ">= 1 with stride",
+                num_frames,
+            )
+        _require(
+            owner, "missing_audio", missing_audio in ("skip", "zeros"), "'skip' or 'zeros'", missing_audio
+        )
+        _require(
+            owner,
+            "audio_from",
+            audio_from in ("auto", "track", "file"),
+            "'auto', 'track' or 'file'",
+            audio_from,
+        )
+        _require(owner, "silence_threshold", silence_threshold >= 0, ">= 0", silence_threshold)
+        self._init_sources(owner, shards, val_shards, shard_options, skips, shuffle_seed)
+        self.save_hyperparameters()
+        self._plain_hparams()
+        self.root, self.csv_train, self.csv_val, self.class_index = root, csv_train, csv_val, class_index
+        self.train_split, self.val_split = train_split, val_split
+        self.duration, self.video_fps, self.num_frames, self.stride = duration, video_fps, num_frames, stride
+        self.input_size, self.crop_scale, self.hflip = input_size, tuple(crop_scale), hflip
+        self.target_length, self.freqm, self.timem, self.gain = target_length, freqm, timem, gain
+        self.norm_mean, self.norm_std = norm_mean, norm_std
+        self.missing_audio, self.silence_threshold = missing_audio, silence_threshold
+        self.audio_from, self.allow_short = audio_from, allow_short
+        _require(owner, "frames_fps", frames_fps > 0, "> 0", frames_fps)
+        self.frames_fps = frames_fps
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.train_set: AudioVideoDataset | None = None
+        self.val_set: AudioVideoDataset | None = None
+
+    def pipeline(self, train: bool) -> AudioVideoPipeline:
+        """The clip sampler and augmentation of this DataModule (the shard reader uses the same)."""
+        return AudioVideoPipeline(
+            duration=self.duration,
+            fps=self.video_fps,
+            num_frames=self.num_frames,
+            stride=self.stride,
+            train=train,
+            input_size=self.input_size,
+            crop_scale=self.crop_scale,
+            hflip=self.hflip,
+            target_length=self.target_length,
+            freqm=self.freqm,
+            timem=self.timem,
+            gain=self.gain,
+            norm_mean=self.norm_mean,
+            norm_std=self.norm_std,
+            missing_audio=self.missing_audio,
+            silence_threshold=self.silence_threshold,
+            allow_short=self.allow_short,
+            frames_fps=self.frames_fps,
+        )
+
+    def _dataset(self, split: str, csv: str | None, train: bool, classes) -> AudioVideoDataset:
+        return AudioVideoDataset(self.root, split, csv, classes, self.audio_from, self.pipeline(train))
+
+    def setup(self, stage: str | None = None) -> None:
+        wants_val = self.val_shards is None and (
+            self.csv_val is not None or (self.val_split is not None and self.root)
+        )
+        if self.shards is not None:
+            if self.val_set is None and wants_val:
+                classes = self.class_index
+                shard_set = self.shard_sets["shards"]
+                if classes is None and shard_set.classes is not None:
+                    classes = ClassIndex(
+                        tuple(shard_set.class_mids or shard_set.classes), tuple(shard_set.classes)
+                    )
+                self.val_set = self._dataset(self.val_split, self.csv_val, False, classes)
+                self._limit_skips(self.val_set)
+            return
+        if self.train_set is None:
+            self.train_set = self._dataset(self.train_split, self.csv_train, True, self.class_index)
+            self._limit_skips(self.train_set)
+        if self.val_set is None and wants_val:
+            self.val_set = self._dataset(self.val_split, self.csv_val, False, self.train_set.classes)
+            self._limit_skips(self.val_set)
+
+    def _shard_decoder(self, train: bool) -> AudioVideoShardDecoder:
+        num_classes = self.shard_sets["shards" if train else "val_shards"].num_classes
+        return AudioVideoShardDecoder(self.pipeline(train), num_classes, self.audio_from)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (class index, training labels, class folders, or shard index)."""
+        if self.shards is not None:
+            return self._shard_num_classes()
+        self.setup()
+        return self.train_set.num_classes
