@@ -12,7 +12,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from unveil.datasets import AudioVideoDataModule, ImageDataModule, make_audio_video_folder, make_image_folder
+from unveil.datasets import (
+    AudioVideoDataModule,
+    ImageDataModule,
+    ShardOptions,
+    make_audio_video_folder,
+    make_image_folder,
+)
 from unveil.datasets.common import ResumableLoader, ResumableSampler, SeededSamples, derive_seed
 from unveil.datasets.shards import make_shards
 from unveil.models import MaskedAutoencoderHiera, MAViL
@@ -84,7 +90,7 @@ def mavil_run(clips: Path, num_workers: int):
 def mae_on_shards_run(shards: Path, num_workers: int):
     module = tiny_mae()
     data = ImageDataModule(shards=str(shards), input_size=64, batch_size=4, num_workers=num_workers, val_split=None,
-                           shuffle_buffer=4, crop_scale=(0.3, 1.0), pin_memory=False)
+                           shard_options=ShardOptions(shuffle_buffer=4), crop_scale=(0.3, 1.0), pin_memory=False)
     return module, data
 
 
