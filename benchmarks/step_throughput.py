@@ -371,7 +371,7 @@ def loader_per_worker(modality: str, root: Path, batches: int) -> float:
 
 def video_decode_rates(root: Path, batches: int) -> dict[str, float]:
     """Clips/s of one loading process for 16x224 clips from 320p shards and from raw 720p videos."""
-    from unveil.datasets import VideoDataModule
+    from unveil.datasets import ShardOptions, VideoDataModule
     from unveil.datasets.shards import make_shards
     from unveil.datasets.synth import make_video_folder
 
@@ -389,7 +389,8 @@ def video_decode_rates(root: Path, batches: int) -> dict[str, float]:
                                   size=size, progress=False)
             if "shards" in label:
                 shards = make_shards("videos", root / f"shards{size}", folder, max_count=6, progress=False)
-                data = VideoDataModule(shards=str(shards), resampled=True, epoch_samples=10**6, **args)
+                options = ShardOptions(resampled=True, epoch_samples=10**6)
+                data = VideoDataModule(shards=str(shards), shard_options=options, **args)
             else:
                 data = VideoDataModule(root=str(folder), **args)
             rates[label] = loaders.loader_rate(data, batches)
