@@ -170,6 +170,11 @@ def test_video_predictor_matches_official_tiny_256(tmp_path):
     _video_parity("tiny", 256, tmp_path)
 
 
+@pytest.mark.slow  # the official predictor's 1024-px frames take minutes each on a shared 2-core machine
+def test_video_predictor_matches_official_tiny_512(tmp_path):
+    _video_parity("tiny", 512, tmp_path)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("size", ["tiny", "base_plus"])
 def test_video_predictor_matches_official_1024(tmp_path, size):
