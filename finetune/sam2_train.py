@@ -220,10 +220,12 @@ def parameter_groups(
     return list(groups.values())
 
 
-def cosine_to_fraction(step: int, total_steps: int, fraction: float) -> float:
-    """Learning-rate factor: cosine from 1 at step 0 to ``fraction`` at ``total_steps``, no warmup."""
+def cosine_to_fraction(step: int, total_steps: int, fraction: float, warmup_steps: int = 0) -> float:
+    """Learning-rate factor: cosine from 1 at step 0 to ``fraction`` at ``total_steps`` (the official schedule has
+    no warmup); with ``warmup_steps``, also a linear ramp from 0 over the first steps."""
     progress = min(step / max(total_steps, 1), 1.0)
-    return fraction + (1.0 - fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    return ramp * (fraction + (1.0 - fraction) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 # ----------------------------------------------------------------------------------------- module
@@ -246,6 +248,7 @@ class SAM2FineTune(L.LightningModule):
         train_only_decoder: only the mask decoder is trained.
         lr, vision_lr: peak learning rates of the rest and of the image encoder.
         min_lr_ratio: the cosine ends at this fraction of them.
+        warmup_steps: a linear warmup first (0, as the official recipe: none).
         weight_decay, betas, layer_decay: AdamW and the trunk's layer decay (None: none).
         prompts: the prompt simulation; ``prompt_seed`` seeds its generator (the same on every rank).
         loss_weights: of the four loss terms.
@@ -266,6 +269,7 @@ class SAM2FineTune(L.LightningModule):
         lr: float = 5e-6,
         vision_lr: float = 3e-6,
         min_lr_ratio: float = 0.1,
+        warmup_steps: int = 0,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.999),
         layer_decay: float | None = 0.9,
@@ -391,6 +395,6 @@ class SAM2FineTune(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: cosine_to_fraction(step, total, hp.min_lr_ratio)
+            optimizer, lambda step: cosine_to_fraction(step, total, hp.min_lr_ratio, hp.warmup_steps)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -337,6 +337,9 @@ def test_parameter_groups_follow_the_official_rules():
     assert cosine_to_fraction(0, 100, 0.1) == 1.0
     assert cosine_to_fraction(50, 100, 0.1) == pytest.approx(0.55)
     assert cosine_to_fraction(100, 100, 0.1) == pytest.approx(0.1)
+    assert cosine_to_fraction(4, 100, 0.1, warmup_steps=10) == pytest.approx(
+        0.5 * cosine_to_fraction(4, 100, 0.1)
+    )
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -512,3 +515,97 @@ def test_cli_chain_synth_vos_then_fit_from_random_and_from_a_trunk_export(tmp_pa
         (jf,) = events.Scalars("val/J&F")
         assert 0.0 <= jf.value <= 1.0
         assert "train/loss" in events.Tags()["scalars"]
+
+
+# ------------------------------------------------------------------------------------------------------ recipes
+
+
+def test_mose_recipe_holds_the_official_yaml_values():
+    """sam2.1_bplus_mose_finetune against the official yaml shipped in the sam2 package."""
+    import yaml
+    from unveil.launch.cli import parse_recipe
+
+    sam2 = pytest.importorskip("sam2")
+    official = yaml.safe_load(
+        (
+            Path(sam2.__file__).parent / "configs/sam2.1_training/sam2.1_hiera_b+_MOSE_finetune.yaml"
+        ).read_text()
+    )
+    scratch, trainer = official["scratch"], official["trainer"]
+    model, optim = trainer["model"], trainer["optim"]
+    config = parse_recipe("sam2.1_bplus_mose_finetune")
+    ours, data = config.model.init_args, config.data.init_args
+    assert ours.lr == scratch["base_lr"] and ours.vision_lr == scratch["vision_lr"]
+    assert ours.image_size == data.image_size == scratch["resolution"]
+    assert data.num_frames == scratch["num_frames"] and data.max_objects == scratch["max_num_objects"]
+    assert data.batch_size == scratch["train_batch_size"] and data.num_workers == scratch["num_train_workers"]
+    assert config.trainer.max_epochs == scratch["num_epochs"] * official["dataset"]["multiplier"]
+    assert config.trainer.devices == official["launcher"]["gpus_per_node"]
+    assert config.seed_everything == trainer["seed_value"]
+    assert config.trainer.gradient_clip_val == optim["gradient_clip"]["max_norm"]
+    assert config.trainer.precision == "bf16-mixed" and optim["amp"]["amp_dtype"] == "bfloat16"
+    (modifier,) = optim["param_group_modifiers"]
+    assert (
+        ours.layer_decay == modifier["layer_decay_value"]
+        and modifier["overrides"][0]["pattern"] == "*pos_embed*"
+    )
+    assert ours.weight_decay == optim["options"]["weight_decay"][0]["scheduler"]["value"]
+    assert ours.drop_path_rate == model["image_encoder"]["trunk"]["drop_path_rate"]
+    prompts = ours.prompts
+    assert prompts.prob_points == model["prob_to_use_pt_input_for_train"]
+    assert prompts.prob_box == model["prob_to_use_box_input_for_train"]
+    assert prompts.prob_clicks_from_gt == model["prob_to_sample_from_gt_for_train"]
+    assert prompts.num_frames_to_correct == model["num_frames_to_correct_for_train"]
+    assert prompts.num_init_cond_frames == model["num_init_cond_frames_for_train"]
+    assert prompts.num_correction_clicks == model["num_correction_pt_per_frame"]
+    assert prompts.add_corrected_as_cond == model["add_all_frames_to_correct_as_cond"]
+    weights = trainer["loss"]["all"]["weight_dict"]
+    assert (
+        ours.loss_weights.focal,
+        ours.loss_weights.dice,
+        ours.loss_weights.iou,
+        ours.loss_weights.object_score,
+    ) == (
+        weights["loss_mask"],
+        weights["loss_dice"],
+        weights["loss_iou"],
+        weights["loss_class"],
+    )
+    # the augmentation's defaults are the yaml's transforms
+    from unveil.datasets.sam2_data import SAM2Augment
+
+    transforms = {
+        t["_target_"].rsplit(".", 1)[1]: t for t in official["vos"]["train_transforms"][0]["transforms"]
+    }
+    augment = SAM2Augment(64)
+    assert augment.affine.degrees == [
+        -transforms["RandomAffine"]["degrees"],
+        transforms["RandomAffine"]["degrees"],
+    ]
+    jitters = [
+        t
+        for t in official["vos"]["train_transforms"][0]["transforms"]
+        if t["_target_"].endswith("ColorJitter")
+    ]
+    clip_jitter, frame_jitter = augment.clip_colour.transforms[0], augment.frame_colour
+    for ours_jitter, theirs in ((clip_jitter, jitters[0]), (frame_jitter, jitters[1])):
+        assert ours_jitter.brightness == (1 - theirs["brightness"], 1 + theirs["brightness"])
+        assert ours_jitter.contrast == (1 - theirs["contrast"], 1 + theirs["contrast"])
+    assert augment.clip_colour.transforms[1].p == transforms["RandomGrayscale"]["p"]
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "bplus", "large"])
+def test_from_mae_recipes_train_on_the_sa1b_sav_mix(size):
+    from unveil.launch.cli import parse_recipe
+    from unveil.launch.recipes import recipes_dir
+
+    config = parse_recipe(f"sam2_{size}_from_mae")
+    mix = config.data.init_args.train_dataset
+    assert mix.class_path == "unveil.datasets.mixed.WeightedMix"
+    assert [d.class_path for d in mix.init_args.datasets] == [
+        "unveil.datasets.sa1b.SA1BFolder",
+        "unveil.datasets.sav.SAVFolder",
+    ]
+    assert config.model.init_args.size == {"bplus": "base_plus"}.get(size, size)
+    text = (recipes_dir() / f"sam2_{size}_from_mae.yaml").read_text()
+    assert "not among the sources available here" in text and "unveil choice" in text
