@@ -1,6 +1,6 @@
 """Audio for AudioMAE/MAViL: decoding (wav/flac with soundfile, the audio track of a video with PyAV, from
-paths or bytes), the AudioMAE log-mel front end, its training augmentations, AudioSet-style multi-label
-manifests, and ``AudioDataset``.
+paths or bytes), the AudioMAE log-mel front end, its training augmentations, ``AudioPipeline`` and
+``AudioDataset`` (the multi-label manifests and class index are in ``unveil.datasets.manifests``).
 
 The front end is AudioMAE's (Huang et al. 2022): a mono 16 kHz waveform, mean removed, goes through
 ``torchaudio.compliance.kaldi.fbank`` (128 mel bins, 25 ms Hanning windows every 10 ms, HTK mel scale, no
@@ -25,10 +25,7 @@ function or the LightningModule), and AudioMAE/MAViL pretraining do not use it.
 
 from __future__ import annotations
 
-import csv
 import io
-import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -42,6 +39,17 @@ import torchaudio.functional
 import torchaudio.transforms
 from torchaudio.compliance import kaldi
 from unveil.datasets.common import PipelineDataset, list_class_files
+from unveil.datasets.manifests import (  # noqa: F401 - importable from here as before
+    AUDIO_EXTENSIONS,
+    SOUNDFILE_EXTENSIONS,
+    AudioRecord,
+    ClassIndex,
+    read_audio_manifest,
+    read_class_index,
+    read_csv_rows,
+    resolve_labels,
+    split_labels,
+)
 from unveil.datasets.skips import BadSample
 
 SAMPLE_RATE = 16000
@@ -52,11 +60,6 @@ FRAMES_PER_SECOND = 100
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
 """Mean and standard deviation of AudioSet's fbank values, AudioMAE's defaults for normalisation."""
-
-SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
-"""Audio files read with soundfile; every other file (mp4, mkv, mov, m4a, mp3, ...) is read with PyAV."""
-AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + (".mp3", ".m4a", ".aac", ".opus")
-"""Extensions that mark a file as audio-only (manifests, folder scanning)."""
 
 AudioSource = str | Path | bytes | bytearray | memoryview | BinaryIO
 """A path, the encoded bytes of a file, or a binary file object."""
@@ -298,177 +301,6 @@ class FbankTransform:
             f"freqm={self.freqm}, timem={self.timem}, gain={self.gain}, time_shift={self.time_shift}, "
             f"mean={self.mean}, std={self.std})"
         )
-
-
-# -------------------------------------------------------------------------------------------- manifests
-
-
-@dataclass(frozen=True)
-class ClassIndex:
-    """The classes of a multi-label dataset, in label order: AudioSet's ``class_labels_indices.csv``.
-
-    A label written in a manifest is matched against ``mids`` (``/m/09x0r``), then ``names``
-    (``Speech``), then read as an integer index.
-    """
-
-    mids: tuple[str, ...]
-    names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.mids)
-
-    def index(self, label: str) -> int:
-        label = label.strip()
-        lookup = self._lookup()
-        if label in lookup:
-            return lookup[label]
-        if label.lstrip("-").isdigit() and 0 <= int(label) < len(self):
-            return int(label)
-        raise KeyError(label)
-
-    def _lookup(self) -> dict[str, int]:
-        cached = self.__dict__.get("_lookup_cache")
-        if cached is None:
-            cached = {name: i for i, name in enumerate(self.names)}
-            cached.update({mid: i for i, mid in enumerate(self.mids)})  # mids win over names
-            object.__setattr__(self, "_lookup_cache", cached)
-        return cached
-
-    def multi_hot(self, indices: Iterable[int]) -> torch.Tensor:
-        """float32 [num_classes] with ones at ``indices``."""
-        target = torch.zeros(len(self), dtype=torch.float32)
-        target[list(indices)] = 1.0
-        return target
-
-    @classmethod
-    def from_labels(cls, labels: Iterable[str]) -> ClassIndex:
-        """A class index for manifests without one: integer labels give ``0..max``; otherwise the distinct
-        labels, sorted, name the classes."""
-        distinct = sorted({label for label in labels if label})
-        if distinct and all(label.isdigit() for label in distinct):
-            names = tuple(str(i) for i in range(max(int(label) for label in distinct) + 1))
-            return cls(names, names)
-        return cls(tuple(distinct), tuple(distinct))
-
-
-def read_class_index(path: str | Path) -> ClassIndex:
-    """Read a class-index CSV in AudioSet's ``class_labels_indices.csv`` format: a header
-    ``index,mid,display_name`` and one row per class (names with commas are quoted). Rows are ordered by
-    ``index``, which must run 0..C-1."""
-    path = Path(path)
-    with path.open(newline="") as file:
-        rows = [row for row in csv.reader(file) if row and not row[0].lstrip().startswith("#")]
-    if rows and rows[0][0].strip().lower() == "index":
-        rows = rows[1:]
-    entries = []
-    for number, row in enumerate(rows, start=1):
-        if len(row) < 3 or not row[0].strip().isdigit():
-            raise ValueError(f"{path}: bad class-index row {row!r}; expected 'index,mid,display_name'")
-        entries.append((int(row[0]), row[1].strip(), ",".join(row[2:]).strip()))
-    entries.sort()
-    if [index for index, _, _ in entries] != list(range(len(entries))) or not entries:
-        raise ValueError(f"{path}: class indices must run 0..C-1 with no gaps")
-    return ClassIndex(tuple(mid for _, mid, _ in entries), tuple(name for _, _, name in entries))
-
-
-def split_labels(text: str) -> list[str]:
-    """``"/m/09x0r,/m/04rlf"`` -> ``["/m/09x0r", "/m/04rlf"]`` (blank items dropped)."""
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def resolve_labels(labels: list[str], classes: ClassIndex, where: str) -> tuple[int, ...]:
-    """Sorted class indices of ``labels`` (the comma-split items of a manifest's labels field).
-
-    Class names may hold commas (AudioSet's "Male speech, man speaking"), so consecutive items are
-    joined back when the joined text is a class (longest run first). An unknown label raises
-    ``ValueError`` naming ``where``.
-    """
-    indices, start = set(), 0
-    while start < len(labels):
-        match = _longest_class_run(labels, start, classes)
-        if match is None:
-            raise ValueError(f"{where}: unknown label {labels[start]!r} (not in the class index)")
-        index, start = match
-        indices.add(index)
-    return tuple(sorted(indices))
-
-
-def _longest_class_run(labels: list[str], start: int, classes: ClassIndex) -> tuple[int, int] | None:
-    """``(class index, end)`` of the longest ``labels[start:end]`` that, joined, names a class."""
-    for end in range(len(labels), start, -1):
-        for separator in (", ", ","):
-            try:
-                return classes.index(separator.join(labels[start:end])), end
-            except KeyError:
-                continue
-    return None
-
-
-@dataclass(frozen=True)
-class AudioRecord:
-    """One audio file of a manifest: its path, its label strings and its key (the path as written)."""
-
-    path: Path
-    labels: tuple[str, ...]
-    key: str
-
-
-# First fields that mark a CSV's first row as a header rather than a sample.
-_HEADER_FIELDS = {"path", "id", "id_or_path", "file", "filename", "wav", "ytid", "video", "video_path"}
-
-
-def read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """``(line_number, fields)`` of a manifest CSV (quotes honoured, fields stripped), skipping blank
-    lines, ``#`` comments and a header row (first field ``path``, ``id``, ``video_path``, ...)."""
-    rows = []
-    with path.open(newline="") as file:
-        for number, row in enumerate(csv.reader(file, skipinitialspace=True), start=1):
-            fields = [field.strip() for field in row]
-            if not any(fields) or fields[0].startswith("#"):
-                continue
-            if not rows and fields[0].lower() in _HEADER_FIELDS:
-                continue
-            rows.append((number, fields))
-    if not rows:
-        raise ValueError(f"{path}: the manifest lists no samples")
-    return rows
-
-
-def read_audio_manifest(
-    manifest: str | Path, root: str | Path | None = None, extension: str = ".wav"
-) -> list[AudioRecord]:
-    """Read an audio manifest in either form:
-
-    - **CSV** (AudioSet style): one row ``id_or_path,labels`` per clip, where ``labels`` is a quoted,
-      comma-separated list of class mids or names (``clip.wav,"/m/09x0r,/m/04rlf"``); unquoted extra
-      fields are read as more labels. An optional header row (``path,labels`` / ``id,labels``), blank
-      lines and ``#`` comments are skipped.
-    - **JSON** (AudioMAE's ``.json``): ``{"data": [{"wav": path, "labels": "/m/..,/m/.."}, ...]}``.
-
-    A first field with a file extension is a path; one without is an id, read as ``<id><extension>``.
-    Relative paths resolve against ``root`` when given, else the manifest's folder. The key is the path
-    or id as written.
-    """
-    manifest = Path(manifest)
-    base = Path(root) if root is not None else manifest.parent
-    if manifest.suffix.lower() == ".json":
-        try:
-            entries = json.loads(manifest.read_text())["data"]
-            pairs = [(str(entry["wav"]), split_labels(str(entry.get("labels", "")))) for entry in entries]
-        except (KeyError, TypeError, json.JSONDecodeError) as error:
-            raise ValueError(
-                f"{manifest}: not an AudioMAE JSON manifest ({error!r}); expected "
-                '{"data": [{"wav": path, "labels": "/m/..,/m/.."}]}'
-            ) from None
-    else:
-        pairs = [(fields[0], split_labels(",".join(fields[1:]))) for _, fields in read_csv_rows(manifest)]
-    if not pairs:
-        raise ValueError(f"{manifest}: the manifest lists no samples")
-    records = []
-    for written, labels in pairs:
-        relative = written if Path(written).suffix else written + extension
-        records.append(AudioRecord(base / relative, tuple(labels), written))
-    return records
 
 
 # ---------------------------------------------------------------------------------------------- dataset

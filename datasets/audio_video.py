@@ -38,20 +38,13 @@ import torch
 from decord._ffi.base import DECORDError
 from torchvision import tv_tensors
 from unveil.datasets.audio import (
-    AUDIO_EXTENSIONS,
     AUDIOSET_MEAN,
     AUDIOSET_STD,
     FRAMES_PER_SECOND,
     SAMPLE_RATE,
-    SOUNDFILE_EXTENSIONS,
     AudioSource,
-    ClassIndex,
     FbankTransform,
     read_audio,
-    read_class_index,
-    read_csv_rows,
-    resolve_labels,
-    split_labels,
     to_mono,
 )
 from unveil.datasets.common import (
@@ -63,6 +56,14 @@ from unveil.datasets.common import (
     plain_tensor,
 )
 from unveil.datasets.frames import FrameFolder, VideoFrames, open_video
+from unveil.datasets.manifests import (
+    AVRecord,
+    ClassIndex,
+    _companion_audio,
+    read_av_manifest,
+    read_class_index,
+    resolve_labels,
+)
 from unveil.datasets.skips import BadSample
 from unveil.datasets.video import mae_video_transform, video_eval_transform
 
@@ -375,54 +376,6 @@ class AudioVideoPipeline:
 
 
 # ---------------------------------------------------------------------------------------------- sources
-
-
-@dataclass(frozen=True)
-class AVRecord:
-    """One clip of a dataset: its video, its separate audio file (or None: the video's track), its label
-    strings and its key (the video path as written, or relative to the split folder)."""
-
-    video: Path
-    audio: Path | None
-    labels: tuple[str, ...]
-    key: str
-
-
-def read_av_manifest(csv: str | Path, root: str | Path | None = None) -> list[AVRecord]:
-    """Parse an audio-video manifest: one header-less row per clip,
-
-    ``video_path[,audio_path][,labels...]``
-
-    - ``audio_path`` is the second field when its extension is an audio one (``.wav``, ``.flac``, ...);
-      without it the clip's audio is the video's own track.
-    - ``labels`` is the rest of the row: one class (integer index, mid or name), or several, either
-      quoted (``"/m/a,/m/b"``) or as separate fields. It may be empty.
-
-    So a Kinetics-style ``path,label`` manifest is read as is. Blank lines, ``#`` comments and a header
-    row (first field ``video_path``/``video``/``path``) are skipped. Relative paths resolve against
-    ``root`` when given, else the CSV's folder. The key is the video path as written.
-    """
-    csv = Path(csv)
-    base = Path(root) if root is not None else csv.parent
-    records = []
-    for number, fields in read_csv_rows(csv):
-        if Path(fields[0]).suffix.lower() in AUDIO_EXTENSIONS:
-            raise ValueError(f"{csv}:{number}: the first field must be the video, got {fields[0]!r}")
-        audio = None
-        rest = fields[1:]
-        if rest and Path(rest[0]).suffix.lower() in AUDIO_EXTENSIONS:
-            audio, rest = base / rest[0], rest[1:]
-        records.append(AVRecord(base / fields[0], audio, tuple(split_labels(",".join(rest))), fields[0]))
-    return records
-
-
-def _companion_audio(video: Path) -> Path | None:
-    """The wav/flac next to ``video`` with the same stem, if there is one."""
-    for extension in SOUNDFILE_EXTENSIONS:
-        candidate = video.with_suffix(extension)
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 class AudioVideoDataset(PipelineDataset):
