@@ -1,0 +1,116 @@
+"""Does a pretrained trunk help SAM 2? ``quickstart_sam2`` twice on generated videos, with the same seed, data and
+number of steps: once from a trunk export, once from a random trunk; J&F on the validation videos at each
+evaluation point, printed side by side and drawn as a curve (J&F against optimiser steps).
+
+    unveil synth images --out data/shapes
+    unveil fit --config quickstart --config presets/abswin
+    unveil export runs/quickstart/version_0/checkpoints/last.ckpt --format unveil --out exports/quickstart_abswin.pt
+    python benchmarks/sam2_proof.py --trunk exports/quickstart_abswin.pt --steps 300 --eval-every 50
+
+The videos (``--data``) are generated with ``unveil synth vos`` when the folder does not exist. Without
+``--trunk`` both runs start from random trunks (a check that the script runs, not a comparison). Each run goes
+through the ``unveil fit`` CLI into ``--work/<pretrained|random>``; extra ``unveil fit`` options can follow
+``--``, e.g. ``-- --data.init_args.num_workers 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the TensorBoard reader and the Pillow plot of the probe curves
+import plot_probe_curve
+
+TAG = "val/J&F"
+RUNS = {"pretrained": ((214, 39, 40), "pretrained trunk"), "random": ((31, 119, 180), "random trunk")}
+
+
+def unveil_command() -> list[str]:
+    beside = Path(sys.executable).parent / "unveil"
+    found = str(beside) if beside.is_file() else shutil.which("unveil")
+    if found is None:
+        raise SystemExit("the 'unveil' command is not installed (pip install -e .)")
+    return [found]
+
+
+def run(command: list[str]) -> None:
+    print("$", " ".join(command), flush=True)
+    result = subprocess.run(command, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"command failed ({result.returncode}): {' '.join(command)}")
+
+
+def fit(name: str, args, extra: list[str]) -> list[tuple[int, float]]:
+    root = args.work / name
+    if root.exists():
+        shutil.rmtree(root)
+    command = [
+        *unveil_command(),
+        "fit",
+        "--config",
+        "quickstart_sam2",
+        "--seed_everything",
+        str(args.seed),
+        "--trainer.max_steps",
+        str(args.steps),
+        "--trainer.val_check_interval",
+        str(args.eval_every),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger.init_args.save_dir",
+        str(root),
+        "--data.init_args.root",
+        str(args.data),
+    ]
+    if name == "pretrained" and args.trunk is not None:
+        command += ["--model.init_args.init_trunk", str(args.trunk)]
+    run(command + extra)
+    scalars = plot_probe_curve.read_scalars(root)
+    if TAG not in scalars:
+        raise SystemExit(f"{root}: no {TAG} logged (were there validation points within --steps?)")
+    # Lightning logs a validation after k optimiser steps at step k - 1
+    return [(step + 1, value) for step, value in scalars[TAG]]
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trunk", type=Path, default=None, help="an abs-win trunk export (none: random)")
+    parser.add_argument("--data", type=Path, default=Path("data/vos_shapes"))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("runs/sam2_proof"))
+    parser.add_argument("--out", type=Path, default=Path("docs/sam2_proof.png"))
+    args = parser.parse_args(argv)
+    if args.trunk is not None and not args.trunk.is_file():
+        raise SystemExit(f"--trunk {args.trunk}: no such file")
+    if args.eval_every < 1 or args.steps < args.eval_every:
+        raise SystemExit(
+            f"--eval-every must be in [1, --steps], got {args.eval_every} for {args.steps} steps"
+        )
+    if not args.data.exists():
+        run([*unveil_command(), "synth", "vos", "--out", str(args.data)])
+    curves = {name: fit(name, args, extra) for name in RUNS}
+
+    print(f"\nJ&F on the validation videos of {args.data} (seed {args.seed}, trunk {args.trunk or 'random'})")
+    print(f"{'step':>6} {'pretrained':>11} {'random':>8}")
+    random_at = dict(curves["random"])
+    for step, value in curves["pretrained"]:
+        other = random_at.get(step)
+        print(f"{step:>6} {value:>11.3f} {other if other is None else f'{other:>8.3f}'}")
+    plot_probe_curve.SERIES.update(RUNS)
+    title = f"quickstart_sam2: J&F on generated videos ({args.steps} steps, seed {args.seed})"
+    plot_probe_curve.draw(curves, None, title, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
