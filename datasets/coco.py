@@ -29,7 +29,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
-from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, PipelineDataset, plain_tensor
+from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, CountingLoader, PipelineDataset, plain_tensor
 from unveil.datasets.datamodules import (
     ShardOptions,
     SkipPolicy,
@@ -454,9 +454,8 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         if world_size == 1:
             return self._loader(self.val_set, train=False)
         from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-        from torch.utils.data import DataLoader
 
-        return DataLoader(
+        return CountingLoader(
             self.val_set,
             batch_size=self.val_batch_size or self.batch_size,
             sampler=UnrepeatedDistributedSampler(

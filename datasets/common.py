@@ -17,11 +17,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from unveil.common.seeding import derive_seed, run_seed  # noqa: F401  (importable from here too)
 
 log = logging.getLogger("unveil.datasets")
@@ -191,6 +192,77 @@ class PipelineDataset(SkipBadSamples, Dataset):
         return sample
 
 
+# ------------------------------------------------------------------------------- skip counts with the batches
+
+
+class Carried(NamedTuple):
+    """A batch and the skip counts (``SkipCounter.take``, int64 [reasons + 2]) recorded while making it, as
+    a DataLoader worker sends them; None for ``batch`` carries only counts (the end of a worker's data)."""
+
+    batch: object
+    skips: torch.Tensor | None
+
+
+class CarriedDict(dict):
+    """A dict batch that carries its skip counts as the attribute ``skips``: it still reads as the batch
+    where a collate function is called outside its loader."""
+
+    skips: torch.Tensor | None = None
+
+
+class CarrySkips:
+    """A collate function that sends each batch with the skip counts of ``dataset`` (its ``skip_counter``)
+    recorded since the previous batch of this process: ``Carried(collate_fn(samples), counts)``."""
+
+    def __init__(self, collate_fn: Callable | None, dataset: Dataset) -> None:
+        self.collate_fn = collate_fn if collate_fn is not None else default_collate
+        self.dataset = dataset
+
+    @classmethod
+    def wrap(cls, collate_fn: Callable | None, dataset: Dataset) -> CarrySkips:
+        """Wrap ``collate_fn``, once (a loader Lightning re-creates passes its wrapped collate again)."""
+        return collate_fn if isinstance(collate_fn, cls) else cls(collate_fn, dataset)
+
+    def __call__(self, samples: list) -> CarriedDict | Carried:
+        batch = self.collate_fn(samples)
+        counter = getattr(self.dataset, "skip_counter", None)
+        skips = None if counter is None else counter.take()
+        if type(batch) is dict:
+            carried = CarriedDict(batch)
+            carried.skips = skips
+            return carried
+        return Carried(batch, skips)
+
+
+def absorb_skips(items: Iterator, dataset) -> Iterator:
+    """The batches of ``items`` with their carried skip counts added to ``dataset.skip_counter`` (in this
+    process) before each is handed on; items that carry only counts are consumed."""
+    for item in items:
+        if isinstance(item, (Carried, CarriedDict)):
+            counter = getattr(dataset, "skip_counter", None)
+            if item.skips is not None and counter is not None:
+                counter.absorb(item.skips)
+            if isinstance(item, CarriedDict):
+                item = dict(item)
+            elif item.batch is None:
+                continue
+            else:
+                item = item.batch
+        yield item
+
+
+class CountingLoader(DataLoader):
+    """A DataLoader whose batches bring the skip counts of the workers that made them to the dataset's
+    ``skip_counter`` in this process (``CarrySkips``, ``absorb_skips``), so ``SkipCounterCallback`` reads
+    exact counts whatever the number of workers. Otherwise a plain DataLoader."""
+
+    def __init__(self, dataset: Dataset, *args, collate_fn: Callable | None = None, **kwargs) -> None:
+        super().__init__(dataset, *args, collate_fn=CarrySkips.wrap(collate_fn, dataset), **kwargs)
+
+    def __iter__(self):
+        return absorb_skips(super().__iter__(), self.dataset)
+
+
 # --------------------------------------------------------------------------------------- resumable training data
 
 
@@ -351,7 +423,7 @@ class ResumableSampler(DistributedSampler):
                 yield index, derive_seed(self.seed, "sample", epoch, index)
 
 
-class ResumableLoader(DataLoader):
+class ResumableLoader(CountingLoader):
     """The training DataLoader of the folder/CSV sources: ``ResumableSampler`` order, ``SeededSamples``
     augmentation, and a ``state_dict`` that Lightning stores in checkpoints (the fit loop saves the state
     of every train loader that has one) and gives back through ``load_state_dict`` on resume.
@@ -402,7 +474,7 @@ class ResumableLoader(DataLoader):
         # The trainer's epoch, fixed now: Lightning may make an iterator before it sets the sampler's epoch
         # (on resume the sampler would still be at epoch 0), or set it after (see ResumableSampler.begin).
         self.sampler.begin(progress[0] if progress is not None else None)
-        batches = super().__iter__()
+        batches = super().__iter__()  # skip counts absorbed (CountingLoader)
         if self.progress_fn is not None:
             return batches
         return self._counted(batches)

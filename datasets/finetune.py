@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from unveil.datasets.common import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
+    CountingLoader,
     derive_seed,
     plain_tensor,
     run_seed,
@@ -67,11 +68,11 @@ def finetune_image_transform(
         from timm.data.auto_augment import rand_augment_transform
         from timm.data.transforms import str_to_pil_interp
 
-        hparams = dict(
-            translate_const=int(input_size * 0.45),  # timm's create_transform defaults
-            img_mean=tuple(round(255 * m) for m in mean),
-            interpolation=str_to_pil_interp("bicubic"),
-        )
+        hparams = {
+            "translate_const": int(input_size * 0.45),  # timm's create_transform defaults
+            "img_mean": tuple(round(255 * m) for m in mean),
+            "interpolation": str_to_pil_interp("bicubic"),
+        }
         try:
             steps.append(rand_augment_transform(auto_augment, hparams))
         except (AssertionError, KeyError, ValueError) as error:
@@ -359,7 +360,7 @@ class FineTuneAudioDataModule(AudioDataModule):
         weights = class_balanced_weights(self.train_set.targets, len(self.train_set.classes))
         seed = derive_seed(run_seed(), getattr(self, "shuffle_seed", 0))  # seed_everything and shuffle_seed
         sampler = ClassBalancedSampler(weights, self.balanced_samples, self.replacement, seed=seed)
-        return DataLoader(
+        return CountingLoader(
             self.train_set,
             batch_size=self.batch_size,
             sampler=sampler,

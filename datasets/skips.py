@@ -1,12 +1,14 @@
 """Accounting for the samples a run skips: counted per reason and per rank, logged as metrics, and a
 limit on the skipped fraction above which the run stops.
 
-DataLoader workers are separate processes, so a ``SkipCounter`` keeps its counts in a small shared-memory
-tensor that the dataset carries into its workers: one row per worker process (row 0 is the process that
-owns the dataset), so each row has a single writer and nothing needs a lock. Any process reads the sum.
-Each DDP rank builds its own dataset, hence its own counter; ``SkipCounterCallback`` gathers the counters
-of all ranks, logs them (``data/skipped/<reason>``, and ``data/skipped/rank<r>/<reason>`` under DDP) and
-stops the run on every rank at once when too many samples were skipped.
+DataLoader workers are separate processes, so the counts travel with the batches: a worker's
+``SkipCounter`` keeps what it recorded since its previous batch (``pending``), the loader's collate
+(``unveil.datasets.common.CarrySkips``, or ``ShardDataset`` for shards) hands that vector out with each batch
+(``take``), and the loader, in the process that trains, adds it to the dataset's counter there (``absorb``)
+before the batch goes on. The counts are exact, whatever the number of workers. Each DDP rank builds its own
+dataset, hence its own counter; ``SkipCounterCallback`` gathers the counters of all ranks at its log
+intervals, logs them (``data/skipped/<reason>``, and ``data/skipped/rank<r>/<reason>`` under DDP) and stops
+the run on every rank at once when too many samples were skipped.
 """
 
 from __future__ import annotations
@@ -75,18 +77,23 @@ def _world_size() -> int:
 
 
 class SkipCounter:
-    """Counts skipped and delivered samples across the DataLoader workers of one process (one rank).
+    """Counts the skipped and delivered samples of one dataset in one process.
+
+    ``record_skip`` and ``record_delivered`` count in the process that decodes (a DataLoader worker, or the
+    main process). Those counts are ``pending`` until ``take`` hands them out with a batch; ``absorb`` adds a
+    batch's counts in the process that receives it. ``vector`` (and ``counts``, ``delivered``, ``lost``) is
+    what this process knows: the counts it absorbed plus those still pending here, so a dataset read without
+    a DataLoader counts too.
 
     Args:
-        max_skip_fraction: when set, ``check`` (run after every skip) raises ``SkipFractionExceeded`` once
-            ``lost / (delivered + lost)`` exceeds it, counting every worker of this rank. Only in a
-            single-process run: under DDP one rank stopping alone would leave the others waiting in a
-            collective, so there ``SkipCounterCallback`` checks all ranks together.
+        max_skip_fraction: when set, ``check`` (run after every skip, and on every absorbed batch) raises
+            ``SkipFractionExceeded`` once ``lost / (delivered + lost)`` exceeds it. Only in a single-process
+            run: under DDP one rank stopping alone would leave the others waiting in a collective, so there
+            ``SkipCounterCallback`` checks all ranks together.
         min_samples: the check waits until this many samples were seen, so that a bad first sample does
             not read as 100 %.
         skip_log: optional JSON-lines file; each skip appends ``{"reason", "key", "detail", "rank",
             "worker", "time"}``. A ``{rank}`` in the path is replaced by the rank.
-        max_workers: rows reserved for worker processes (worker ``i`` writes row ``i + 1``).
 
     Columns are ``SKIP_REASONS`` followed by ``delivered`` (samples returned) and ``lost`` (samples lost:
     1 per skipped sample, the shard's sample count for a shard that could not be read, when known).
@@ -97,7 +104,6 @@ class SkipCounter:
         max_skip_fraction: float | None = None,
         min_samples: int = 100,
         skip_log: str | Path | None = None,
-        max_workers: int = 64,
     ) -> None:
         if max_skip_fraction is not None and not 0 <= max_skip_fraction <= 1:
             raise ValueError(f"max_skip_fraction must be in [0, 1] or None, got {max_skip_fraction!r}")
@@ -105,53 +111,66 @@ class SkipCounter:
         self.max_skip_fraction = max_skip_fraction
         self.min_samples = min_samples
         self.skip_log = None if skip_log is None else str(skip_log)
-        self.max_workers = max_workers
         self._column = {reason: column for column, reason in enumerate(self.reasons)}
         self._delivered, self._lost = len(self.reasons), len(self.reasons) + 1
-        # [processes, reasons + 2] int64 in shared memory: survives pickling into spawned workers too.
-        self.table = torch.zeros(max_workers + 1, len(self.reasons) + 2, dtype=torch.int64).share_memory_()
+        width = len(self.reasons) + 2
+        self.absorbed = torch.zeros(width, dtype=torch.int64)  # carried here by batches
+        self.pending = torch.zeros(width, dtype=torch.int64)  # recorded here, not handed out yet
+        self.seen = torch.zeros(width, dtype=torch.int64)  # recorded here, ever (this process's check)
 
     # ------------------------------------------------------------------------------------------ writing
-
-    def _row(self) -> int:
-        info = get_worker_info()
-        return 0 if info is None else 1 + info.id % self.max_workers
 
     def record_skip(self, reason: str, key: str, detail: str = "", lost: int = 1, warn: bool = True) -> None:
         """Count one skip of ``key`` for ``reason`` (``lost`` samples), warn unless ``warn`` is False,
         append it to the skip log, then check the skipped fraction."""
         column = self._column.get(reason, self._column["other"])
-        row = self._row()
-        self.table[row, column] += 1
-        self.table[row, self._lost] += max(1, lost)
+        for table in (self.pending, self.seen):
+            table[column] += 1
+            table[self._lost] += max(1, lost)
         if warn:
             log.warning("skipping %s (%s: %s)", key, reason, _short(detail))
         if self.skip_log is not None:
+            info = get_worker_info()
             record = {
                 "reason": reason,
                 "key": key,
                 "detail": _short(detail),
                 "rank": _rank(),
-                "worker": row - 1,
+                "worker": -1 if info is None else info.id,
                 "time": round(time.time(), 3),
             }
             path = Path(self.skip_log.replace("{rank}", str(record["rank"])))
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a") as stream:  # one short line per write: appends do not interleave
                 stream.write(json.dumps(record) + "\n")
-        self.check()
+        if _world_size() == 1:
+            check_skip_fraction(self.seen, self.max_skip_fraction, self.min_samples, scope="the data")
 
     def record_delivered(self, count: int = 1) -> None:
-        self.table[self._row(), self._delivered] += count
+        self.pending[self._delivered] += count
+        self.seen[self._delivered] += count
+
+    def take(self) -> torch.Tensor:
+        """The counts recorded since the previous ``take``, int64 [len(SKIP_REASONS) + 2], to send with a
+        batch; they stop being pending here."""
+        counts = self.pending.clone()
+        self.pending.zero_()
+        return counts
+
+    def absorb(self, counts: torch.Tensor) -> None:
+        """Add the counts a batch carried (``take`` in the process that made it), then check the fraction."""
+        self.absorbed += counts
+        self.check()
 
     def reset(self) -> None:
-        self.table.zero_()
+        for table in (self.absorbed, self.pending, self.seen):
+            table.zero_()
 
     # ------------------------------------------------------------------------------------------ reading
 
     def vector(self) -> torch.Tensor:
-        """int64 [len(SKIP_REASONS) + 2]: skips per reason, then delivered and lost, summed over workers."""
-        return self.table.sum(0)
+        """int64 [len(SKIP_REASONS) + 2]: skips per reason, then delivered and lost, as this process knows them."""
+        return self.absorbed + self.pending
 
     def counts(self) -> dict[str, int]:
         """Skips per reason (only reasons with skips)."""
@@ -159,11 +178,11 @@ class SkipCounter:
 
     @property
     def delivered(self) -> int:
-        return int(self.table[:, self._delivered].sum())
+        return int(self.vector()[self._delivered])
 
     @property
     def lost(self) -> int:
-        return int(self.table[:, self._lost].sum())
+        return int(self.vector()[self._lost])
 
     def check(self) -> None:
         """Raise ``SkipFractionExceeded`` when the skipped fraction is above the limit (single process)."""

@@ -201,6 +201,30 @@ def test_missing_file_is_reported_when_making_shards(tmp_path):
     ]
 
 
+def test_skip_counts_travel_with_the_batches_exactly_whatever_the_workers(tmp_path):
+    """Each worker's counts reach the training process with its batches (no shared table of worker rows):
+    3 workers, bad files spread over all of them, then 3 workers on shards whose last batch is dropped."""
+    from unveil.datasets.common import CountingLoader
+    from unveil.datasets.image import ImageFolderDataset
+
+    root = make_image_folder(tmp_path / "images", 2, 12, 0, size=32, progress=False)
+    files = sorted((root / "train").rglob("*.JPEG"))
+    for index in (2, 9, 15, 22):
+        files[index].write_bytes(b"garbage" * 40)
+    dataset = ImageFolderDataset(root, "train", image_eval_transform(32))
+    loader = CountingLoader(dataset, batch_size=2, num_workers=3)
+    batches = list(loader)
+    assert all(type(batch) is dict for batch in batches)  # the counts are taken out of the batches
+    assert dataset.skip_counter.counts() == {"unidentified": 4} and dataset.skip_counter.delivered == 24
+
+    index = make_shards("images", tmp_path / "shards", root, max_count=4, options=NO_VERIFY, progress=False)
+    counter = SkipCounter()
+    shards = ShardDataset(index, ImageShardDecoder(image_eval_transform(32)), batch_size=5, skip_counter=counter)
+    trained = sum(len(batch["key"]) for batch in ShardLoader(shards, num_workers=3))
+    assert counter.counts() == {"unidentified": 4} and counter.delivered == 20  # with the dropped samples
+    assert trained <= 20
+
+
 # ------------------------------------------------------------------------------------ unreadable shards
 
 

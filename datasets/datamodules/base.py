@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
-from unveil.datasets.common import ResumableLoader, derive_seed, run_seed
+from unveil.datasets.common import CountingLoader, ResumableLoader, derive_seed, run_seed
 from unveil.datasets.datamodules.options import ShardOptions, SkipPolicy, _require, _require_path, as_options
 from unveil.datasets.shards import (
     ShardDataset,
@@ -112,7 +112,7 @@ class _LoadersMixin:
                 progress_fn=self._train_progress,
                 **common,
             )
-        return DataLoader(
+        return CountingLoader(
             dataset,
             batch_size=self.val_batch_size or self.batch_size,
             shuffle=False,

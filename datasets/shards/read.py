@@ -14,6 +14,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 from unveil.datasets.common import (
+    Carried,
+    absorb_skips,
     skip_reason,
 )
 from unveil.datasets.shards.index import ShardSet, resolve_shards
@@ -136,6 +138,7 @@ class ShardDataset(IterableDataset):
         self.epoch_samples, self.seed = epoch_samples, seed
         self.skip_counter = skip_counter if skip_counter is not None else SkipCounter()
         self.num_workers = 0  # DataLoader workers, for __len__: ShardLoader sets it
+        self.carry_skips = False  # ShardLoader: send the skip counts with each batch (Carried)
         # [epoch, set explicitly]: shared memory, so persistent DataLoader workers see every update.
         self._epoch = torch.tensor([-1, 0], dtype=torch.int64).share_memory_()
         self._rank_world: tuple[int, int] | None = None
@@ -261,7 +264,18 @@ class ShardDataset(IterableDataset):
         per_worker = self._batches_per_worker(world_size, workers)
         if per_worker is not None:
             pipeline = pipeline.with_epoch(nbatches=per_worker)
-        return iter(pipeline)
+        if not self.carry_skips:
+            return iter(pipeline)
+        return self._carrying(iter(pipeline))
+
+    def _carrying(self, batches: Iterator) -> Iterator[Carried]:
+        """Each batch with the skip counts recorded while making it, then the counts recorded after the
+        last one (a dropped incomplete batch, skips at the end): they reach the training process exactly."""
+        for batch in batches:
+            yield Carried(batch, self.skip_counter.take())
+        tail = self.skip_counter.take()
+        if tail.any():
+            yield Carried(None, tail)
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -280,7 +294,8 @@ class ShardLoader(DataLoader):
 
     Each ``iter()`` starts an epoch: the epoch is ``epoch_fn()`` when given (the DataModules pass the
     trainer's current epoch, so a resumed run reads in the same order), else the previous one plus one.
-    ``len()`` is the dataset's number of batches per rank.
+    ``len()`` is the dataset's number of batches per rank. The skip counts each worker sends with its
+    batches are added to the dataset's ``skip_counter`` in this process (exact, whatever the workers).
     """
 
     def __init__(
@@ -304,10 +319,11 @@ class ShardLoader(DataLoader):
             **kwargs,
         )
         dataset.num_workers = num_workers
+        dataset.carry_skips = True
 
     def __iter__(self):
         epoch = self.epoch_fn() if self.epoch_fn is not None else None
         if epoch is not None:
             self.dataset.set_epoch(epoch)
         self.dataset.begin_pass()
-        return super().__iter__()
+        return absorb_skips(super().__iter__(), self.dataset)
