@@ -29,7 +29,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
-from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, CountingLoader, PipelineDataset, plain_tensor
+from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, PipelineDataset, plain_tensor
 from unveil.datasets.datamodules import (
     ShardOptions,
     SkipPolicy,
@@ -38,6 +38,7 @@ from unveil.datasets.datamodules import (
     _require_path,
     _ShardsMixin,
 )
+from unveil.datasets.loading import CountingLoader
 from unveil.datasets.shards import IMAGE_FIELDS, ShardDecoder, sample_meta
 from unveil.datasets.skips import BadSample
 

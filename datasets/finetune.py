@@ -23,13 +23,13 @@ from torchvision.transforms import InterpolationMode, v2
 from unveil.datasets.common import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
-    CountingLoader,
     derive_seed,
     plain_tensor,
     run_seed,
 )
 from unveil.datasets.datamodules import AudioDataModule, ImageDataModule, VideoDataModule
 from unveil.datasets.image import ImagePipeline
+from unveil.datasets.loading import CountingLoader
 from unveil.datasets.video import VideoDataset, VideoPipeline, clip_indices
 
 __all__ = [

@@ -3,7 +3,7 @@ limit on the skipped fraction above which the run stops.
 
 DataLoader workers are separate processes, so the counts travel with the batches: a worker's
 ``SkipCounter`` keeps what it recorded since its previous batch (``pending``), the loader's collate
-(``unveil.datasets.common.CarrySkips``, or ``ShardDataset`` for shards) hands that vector out with each batch
+(``unveil.datasets.loading.CarrySkips``, or ``ShardDataset`` for shards) hands that vector out with each batch
 (``take``), and the loader, in the process that trains, adds it to the dataset's counter there (``absorb``)
 before the batch goes on. The counts are exact, whatever the number of workers. Each DDP rank builds its own
 dataset, hence its own counter; ``SkipCounterCallback`` gathers the counters of all ranks at its log

@@ -204,7 +204,7 @@ def test_missing_file_is_reported_when_making_shards(tmp_path):
 def test_skip_counts_travel_with_the_batches_exactly_whatever_the_workers(tmp_path):
     """Each worker's counts reach the training process with its batches (no shared table of worker rows):
     3 workers, bad files spread over all of them, then 3 workers on shards whose last batch is dropped."""
-    from unveil.datasets.common import CountingLoader
+    from unveil.datasets.loading import CountingLoader
     from unveil.datasets.image import ImageFolderDataset
 
     root = make_image_folder(tmp_path / "images", 2, 12, 0, size=32, progress=False)

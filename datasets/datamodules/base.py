@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
-from unveil.datasets.common import CountingLoader, ResumableLoader, derive_seed, run_seed
+from unveil.datasets.common import derive_seed, run_seed
 from unveil.datasets.datamodules.options import ShardOptions, SkipPolicy, _require, _require_path, as_options
+from unveil.datasets.loading import CountingLoader, ResumableLoader
 from unveil.datasets.shards import (
     ShardDataset,
     ShardLoader,
