@@ -74,14 +74,8 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         num_workers: DataLoader worker processes (0 loads in the main process).
         pin_memory: pin host memory of the batches.
         val_batch_size: clips per validation batch; defaults to ``batch_size``.
-        shards: train from WebDataset shards instead of the folder/CSV source: an index written by
-            ``unveil shards make``, a folder holding one, a brace pattern of tars, or a list of these.
-        val_shards: validate on shards (default: the folder/CSV validation source, if any).
-        shard_options: how training shards are read (``ShardOptions``: ``epoch_samples``, ``resampled``,
-            ``shuffle_buffer``).
-        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch; for the
-            folder/CSV source, combined with ``seed_everything``: seed of the sample order and augmentation.
-        skips: bad samples (``SkipPolicy``: ``max_skip_fraction`` at which the run stops, ``skip_log``).
+        shards, val_shards, shard_options, shuffle_seed, skips: shard sources, their reading options, the
+            data seed and the bad-sample policy, as for ``ImageDataModule``.
     """
 
     def __init__(
@@ -243,14 +237,8 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         allow_short: keep videos shorter than the window (last frame repeated, audio zero-padded)
             instead of skipping them.
         batch_size, num_workers, pin_memory, val_batch_size: DataLoader settings.
-        shards: train from WebDataset shards instead of the folder/CSV source: an index written by
-            ``unveil shards make``, a folder holding one, a brace pattern of tars, or a list of these.
-        val_shards: validate on shards (default: the folder/CSV validation source, if any).
-        shard_options: how training shards are read (``ShardOptions``: ``epoch_samples``, ``resampled``,
-            ``shuffle_buffer``).
-        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch; for the
-            folder/CSV source, combined with ``seed_everything``: seed of the sample order and augmentation.
-        skips: bad samples (``SkipPolicy``: ``max_skip_fraction`` at which the run stops, ``skip_log``).
+        shards, val_shards, shard_options, shuffle_seed, skips: shard sources, their reading options, the
+            data seed and the bad-sample policy, as for ``ImageDataModule``.
     """
 
     def __init__(

@@ -57,14 +57,8 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             ``(num_frames - 1) * sampling_rate + 1`` instead of repeating their last frame.
         frames_fps: frame rate of videos given as folders of frames (a class folder's sub-folder, or a
             CSV row naming a folder); it turns manifest segments in seconds into frames.
-        shards: train from WebDataset shards instead of the folder/CSV source: an index written by
-            ``unveil shards make``, a folder holding one, a brace pattern of tars, or a list of these.
-        val_shards: validate on shards (default: the folder/CSV validation source, if any).
-        shard_options: how training shards are read (``ShardOptions``: ``epoch_samples``, ``resampled``,
-            ``shuffle_buffer``).
-        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch; for the
-            folder/CSV source, combined with ``seed_everything``: seed of the sample order and augmentation.
-        skips: bad samples (``SkipPolicy``: ``max_skip_fraction`` at which the run stops, ``skip_log``).
+        shards, val_shards, shard_options, shuffle_seed, skips: shard sources, their reading options, the
+            data seed and the bad-sample policy, as for ``ImageDataModule``.
     """
 
     collate_fn = staticmethod(repeated_collate)  # repeated sampling: R clips per video join the batch
