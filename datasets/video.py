@@ -337,11 +337,34 @@ class VideoDataset(PipelineDataset):
             raise ValueError("VideoDataset needs a root folder or a csv manifest")
         self._init_skipping(max_retries)
 
-    def __getattr__(self, name: str):
-        # num_frames, sampling_rate, train, repeated_sampling, frames_fps, transform: the pipeline's
-        if name != "pipeline" and "pipeline" in self.__dict__:
-            return getattr(self.__dict__["pipeline"], name)
-        raise AttributeError(name)
+    # The clip settings are the pipeline's.
+    @property
+    def transform(self):
+        return self.pipeline.transform
+
+    @property
+    def num_frames(self):
+        return self.pipeline.num_frames
+
+    @property
+    def sampling_rate(self):
+        return self.pipeline.sampling_rate
+
+    @property
+    def train(self):
+        return self.pipeline.train
+
+    @property
+    def repeated_sampling(self):
+        return self.pipeline.repeated_sampling
+
+    @property
+    def frames_fps(self):
+        return self.pipeline.frames_fps
+
+    @property
+    def require_full_window(self):
+        return self.pipeline.require_full_window
 
     @property
     def num_classes(self) -> int:
