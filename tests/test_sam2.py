@@ -5,9 +5,10 @@ N(0, 0.02) noise so that no layer is left at an identity-like init) and the same
 the CPU, with the official post-processing on for both (dynamic multimask fallback, binarised
 prompt masks in the video memory) except hole filling, which the official package skips on the CPU.
 
-Fast tests: the image encoder and predictor at 1024 with the tiny model, the video predictor with
-the tiny model at 256 px. ``pytest -m slow``: base_plus for the image, tiny and base_plus at 1024
-for the video.
+Fast tests: the image encoder and predictor at 1024 with the tiny model. ``pytest -m slow``: base_plus
+for the image; the video predictor with the tiny model at 256 and 512 px and tiny and base_plus at
+1024; the video predictor's editing calls (clear_all_prompts_in_frame, remove_object, ...) at 128 px;
+``unveil segment`` with an official-format checkpoint; the quickstart export into SAM 2.
 """
 
 from __future__ import annotations
