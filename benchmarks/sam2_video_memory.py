@@ -6,7 +6,10 @@ official predictor decodes every frame to 1024 x 1024 float32 when the video is 
 frame); unveil's decodes a frame when tracking reaches it. Both keep the same compact per-frame
 outputs (bfloat16 memory, low-res logits, object pointer), on the CPU here.
 
-    python benchmarks/sam2_video_memory.py [--frames 300] [--track 300] [--size 1024] [--model tiny]
+    python benchmarks/sam2_video_memory.py [--frames 300] [--track 300] [--size 1024] [--model tiny] [--curve 10]
+
+``--curve N`` prints the peak RSS after every N tracked frames: flat for unveil, where the official
+predictor's has already grown with the video's length when it is opened.
 
 Needs the official package (see README, "SAM 2"). Random weights: memory does not depend on them.
 """
@@ -43,7 +46,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_one(which: str, folder: str, track: int, size: int, model: str) -> dict:
+def run_one(which: str, folder: str, track: int, size: int, model: str, curve: int = 0) -> dict:
     """In a child process: build one predictor, open the video, click, track; report memory and time."""
     import torch
 
@@ -64,9 +67,13 @@ def run_one(which: str, folder: str, track: int, size: int, model: str) -> dict:
     opened = peak_rss_mib()
     predictor.add_new_points_or_box(state, 0, 1, points=[[180, 230]], labels=[1])
     frames = 0
+    points = []  # (frames tracked, peak RSS MiB)
     with torch.inference_mode():
         for _ in predictor.propagate_in_video(state, max_frame_num_to_track=track - 1):
             frames += 1
+            if curve and frames % curve == 0:
+                points.append((frames, round(peak_rss_mib())))
+                print(f"{which}: {frames} frames, peak RSS {points[-1][1]} MiB", file=sys.stderr, flush=True)
     return dict(
         which=which,
         frames_tracked=frames,
@@ -74,6 +81,7 @@ def run_one(which: str, folder: str, track: int, size: int, model: str) -> dict:
         rss_after_build_mib=built,
         rss_after_open_mib=opened,
         peak_rss_mib=peak_rss_mib(),
+        curve=points,
     )
 
 
@@ -84,11 +92,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--model", default="tiny", choices=sorted(CONFIGS))
     parser.add_argument("--only", choices=["official", "unveil"], help="run one side")
+    parser.add_argument("--curve", type=int, default=0, help="print the peak RSS every N tracked frames")
     parser.add_argument("--child", nargs=2, metavar=("WHICH", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     track = args.track or args.frames
     if args.child:
-        print(json.dumps(run_one(args.child[0], args.child[1], track, args.size, args.model)))
+        print(json.dumps(run_one(args.child[0], args.child[1], track, args.size, args.model, args.curve)))
         return
     torch_threads = os.environ.get("OMP_NUM_THREADS", "default")
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +110,7 @@ def main() -> None:
             if args.only and which != args.only:
                 continue
             cmd = [sys.executable, __file__, "--child", which, str(folder), "--frames", str(args.frames),
-                   "--track", str(track), "--size", str(args.size), "--model", args.model]
+                   "--track", str(track), "--size", str(args.size), "--model", args.model, "--curve", str(args.curve)]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 if out.returncode < 0:  # e.g. -9: the kernel's OOM killer
@@ -114,6 +123,8 @@ def main() -> None:
             r = results[which]
             print(f"{which:9s} peak RSS {r['peak_rss_mib']:8.0f} MiB  (after build {r['rss_after_build_mib']:.0f}, "
                   f"after opening the video {r['rss_after_open_mib']:.0f})  {r['frames_tracked']} frames in {r['seconds']:.0f} s")
+            if r["curve"]:
+                print(f"{which:9s} peak RSS (MiB) by frames tracked: " + ", ".join(f"{n}: {m}" for n, m in r["curve"]))
         if len(results) == 2:
             print(f"official / unveil peak RSS: {results['official']['peak_rss_mib'] / results['unveil']['peak_rss_mib']:.2f}x")
 
