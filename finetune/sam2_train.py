@@ -28,6 +28,7 @@ prediction below, over its first ``vis_frames`` annotated frames) is saved under
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -280,7 +281,11 @@ class SAM2FineTune(L.LightningModule):
         vis_frames: int = 8,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # plain dicts in the checkpoint (torch.load(weights_only=True) refuses dataclass instances)
+        prompts = PromptConfig(**prompts) if isinstance(prompts, dict) else prompts
+        loss_weights = SAM2LossWeights(**loss_weights) if isinstance(loss_weights, dict) else loss_weights
+        self.save_hyperparameters(ignore=["prompts", "loss_weights"])
+        self.hparams.update(prompts=asdict(prompts), loss_weights=asdict(loss_weights))
         if layer_decay is not None and not 0 < layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1] or null, got {layer_decay}")
         if not 0 <= min_lr_ratio <= 1:
@@ -347,15 +352,23 @@ class SAM2FineTune(L.LightningModule):
             self._vis = (batch, pred)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_scores:
-            return
-        j = torch.cat([s[0] for s in self._val_scores]).double()
-        f = torch.cat([s[1] for s in self._val_scores]).double()
-        totals = torch.stack([j.sum(), f.sum(), torch.tensor(float(j.numel()), dtype=torch.float64)]).to(
-            self.device
+        # every rank joins the all-reduce, also one that got no video
+        j = (
+            torch.cat([s[0] for s in self._val_scores]).double()
+            if self._val_scores
+            else torch.zeros(0).double()
         )
+        f = (
+            torch.cat([s[1] for s in self._val_scores]).double()
+            if self._val_scores
+            else torch.zeros(0).double()
+        )
+        count = torch.tensor(float(j.numel()), dtype=torch.float64)
+        totals = torch.stack([j.sum(), f.sum(), count]).to(self.device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(totals)
+        if totals[2] == 0:
+            return
         j_mean, f_mean = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
         self.log("val/J", j_mean)
         self.log("val/F", f_mean)
@@ -377,8 +390,15 @@ class SAM2FineTune(L.LightningModule):
             with Image.open(Path(video["folder"]) / f"{video['stems'][t]}.jpg") as image:
                 pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
             for row, masks in zip(rows, (video["masks"][t], pred[t])):
-                colour = [colours[o % len(colours)] for o in range(masks.shape[0])]
-                row.append(draw_segmentation_masks(pixels, masks.bool(), alpha=0.55, colors=colour))
+                # the objects present in the frame
+                shown = [o for o in range(masks.shape[0]) if masks[o].any()]
+                colour = [colours[o % len(colours)] for o in shown]
+                drawn = (
+                    draw_segmentation_masks(pixels, masks[shown].bool(), alpha=0.55, colors=colour)
+                    if shown
+                    else pixels
+                )
+                row.append(drawn)
         grid = make_grid(torch.stack(rows[0] + rows[1]).float() / 255, nrow=count, padding=2)
         root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         path = save_grid(grid, root / "masks" / f"step_{self.global_step:07d}.png")

@@ -286,6 +286,10 @@ def test_training_step_learns_on_cpu_and_freezing_options():
     assert grads["image_encoder.trunk.blocks.0.attn.qkv.weight"].abs().sum() > 0
     assert grads["sam_mask_decoder.iou_prediction_head.layers.0.weight"].abs().sum() > 0
     assert grads["memory_attention.layers.0.self_attn.q_proj.weight"].abs().sum() > 0  # frame 1 was tracked
+    image, image_masks, image_clip = _clip(frames=1, objects=2)  # an image: clicks and corrections, no memory
+    image_loss = module.training_step({"frames": image, "masks": image_masks, "object_clip": image_clip}, 1)
+    assert torch.isfinite(image_loss) and image_loss > 0
+    assert {"prompts", "loss_weights"} <= set(module.hparams) and isinstance(module.hparams["prompts"], dict)
 
     frozen = SAM2FineTune(
         size="tiny", image_size=64, trunk_args={"window_spec": (8, 4, 8, 4)}, freeze_image_encoder=True
@@ -609,3 +613,64 @@ def test_from_mae_recipes_train_on_the_sa1b_sav_mix(size):
     assert config.model.init_args.size == {"bplus": "base_plus"}.get(size, size)
     text = (recipes_dir() / f"sam2_{size}_from_mae.yaml").read_text()
     assert "not among the sources available here" in text and "unveil choice" in text
+
+
+@pytest.mark.slow
+def test_sam2_proof_script_runs_both_starts_and_draws_the_curve(tmp_path):
+    """``benchmarks/sam2_proof.py`` with 2 steps: both runs through ``unveil fit``, the table and the PNG."""
+    _abswin_export(tmp_path / "trunk.pt")
+    _unveil("synth", "vos", "--out", "vos", "--train_videos", "2", "--val_videos", "1", cwd=tmp_path)
+    script = Path(__file__).parents[1] / "benchmarks" / "sam2_proof.py"
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(UNVEIL).parent}:{os.environ['PATH']}",
+    }
+    args = ["--trunk", "trunk.pt", "--data", "vos", "--steps", "2", "--eval-every", "2", "--out", "proof.png"]
+    extra = ["--", "--data.init_args.num_workers", "0", "--model.init_args.val_max_frames", "4"]
+    result = subprocess.run(
+        [sys.executable, str(script), *args, *extra],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("2 ")]
+    assert len(rows) == 1 and all(0.0 <= float(v) <= 1.0 for v in rows[0][1:])
+    assert (tmp_path / "proof.png").is_file() and "init_trunk" in result.stdout
+
+
+@pytest.mark.slow
+def test_readme_sam2_chain_from_the_quickstart_mae(tmp_path):
+    """The README's chain, each command as printed with only sizes and steps made smaller: the quickstart MAE at
+    Hiera-T widths, ``unveil export --format sam2``, ``unveil synth vos``, ``quickstart_sam2`` from the export."""
+    _unveil("synth", "images", "--out", "data/shapes", "--num_classes", "2", "--train_per_class", "4",
+            "--val_per_class", "2", "--size", "64", cwd=tmp_path)  # fmt: skip
+    hiera_t = "--model.init_args.model.init_args."
+    _unveil("fit", "--config", "quickstart", "--config", "presets/abswin", f"{hiera_t}embed_dim=96",
+            f"{hiera_t}num_heads=1", f"{hiera_t}stages=[1,2,7,2]", "--trainer.max_steps", "1",
+            "--trainer.val_check_interval", "1", "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+            "--model.init_args.log_images_every_n_steps", "0", cwd=tmp_path)  # fmt: skip
+    (ckpt,) = (tmp_path / "runs/quickstart").glob("version_*/checkpoints/last.ckpt")
+    _unveil(
+        "export", str(ckpt), "--format", "sam2", "--out", "exports/quickstart_sam2_trunk.pt", cwd=tmp_path
+    )
+    _unveil(
+        "synth", "vos", "--out", "data/vos_shapes", "--train_videos", "2", "--val_videos", "1", cwd=tmp_path
+    )
+    out = _unveil("fit", "--config", "quickstart_sam2", "--model.init_args.init_trunk",
+                  "exports/quickstart_sam2_trunk.pt", "--trainer.max_steps", "1", "--trainer.val_check_interval", "1",
+                  "--data.init_args.num_workers", "0", "--model.init_args.val_max_frames", "3", cwd=tmp_path)  # fmt: skip
+    assert "trunk from 'exports/quickstart_sam2_trunk.pt'" in out.stdout
+    (sam2_ckpt,) = (tmp_path / "runs/quickstart_sam2").glob("version_*/checkpoints/last.ckpt")
+    pretrained = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    key = "blocks.0.attn.qkv.weight"
+    start = torch.load(sam2_ckpt, map_location="cpu", weights_only=True)["state_dict"][
+        f"model.image_encoder.trunk.{key}"
+    ]
+    assert (
+        start - pretrained[f"model.{key}"]
+    ).abs().max() < 1e-2  # one small step away from the MAE's weights
