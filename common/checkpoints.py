@@ -47,6 +47,7 @@ __all__ = [
     "ARCHITECTURE_KEY",
     "BACKBONE_FORMAT",
     "Architecture",
+    "RefusedPickleError",
     "architecture_from_run_config",
     "architecture_of",
     "build_backbone",
@@ -79,6 +80,11 @@ def _is_safetensors(path: Path) -> bool:
     with open(path, "rb") as handle:
         head = handle.read(9)
     return len(head) == 9 and head[8:9] == b"{"
+
+
+class RefusedPickleError(ValueError, pickle.UnpicklingError):
+    """A checkpoint that pickles objects other than tensors and plain containers (refused by
+    ``weights_only`` loading): a ValueError for messages, and an UnpicklingError as ``torch.load`` raises."""
 
 
 def read_checkpoint(path: str | Path) -> tuple[Any, dict[str, str] | None]:
@@ -119,7 +125,7 @@ def read_checkpoint(path: str | Path) -> tuple[Any, dict[str, str] | None]:
             if detail
             else "pickled objects other than tensors and plain containers"
         )
-        raise ValueError(
+        raise RefusedPickleError(
             f"refusing to load '{path}': it holds {what}, and checkpoints are read with "
             "torch.load(weights_only=True), which never runs pickled code; save the weights without it"
         ) from None
@@ -128,14 +134,11 @@ def read_checkpoint(path: str | Path) -> tuple[Any, dict[str, str] | None]:
 
 
 def load_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint's state dict safely: safetensors, or ``torch.load(weights_only=True)``
-    (never an arbitrary pickle); wrappers are removed with :func:`unwrap_state_dict`."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return unwrap_state_dict(load_file(str(path), device="cpu"))
-    return unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    """A checkpoint's state dict, read by :func:`read_checkpoint` (safetensors, or
+    ``torch.load(weights_only=True)``, never an arbitrary pickle); wrappers are removed with
+    :func:`unwrap_state_dict`."""
+    obj, metadata = read_checkpoint(path)
+    return dict(obj) if metadata is not None else unwrap_state_dict(obj)
 
 
 def is_lightning_checkpoint(obj: Any) -> bool:

@@ -41,10 +41,13 @@ def seeded_rng(seed: int, device: torch.device):
     """Run the block with the global RNGs (CPU, and ``device`` if CUDA) seeded, restoring them afterwards.
 
     Used so that validation masks and picture masks are the same at every step without disturbing training,
-    and so that each training step's randomness depends on the step only (``unveil.pretrain.resume.step_rng``).
+    and so that each training step's randomness depends on the step only
+    (``unveil.pretrain.resume.step_rng``).
     """
     cuda_devices = (
-        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
     )
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)

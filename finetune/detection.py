@@ -64,22 +64,13 @@ def load_trunk_weights(trunk: nn.Module, state: dict[str, torch.Tensor], origin:
 
     Returns ``{"loaded": [...], "unused": [...]}`` (trunk key names).
     """
+    from unveil.common.checkpoints import describe_mismatch
+
     expected = trunk.state_dict()
     unused = sorted(k for k in state if k not in expected)
-    missing = sorted(k for k in expected if k not in state)
-    wrong = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
-    if missing or wrong:
-        detail = "; ".join(
-            part
-            for part in (
-                f"missing {', '.join(missing[:4])}" + (f" (+{len(missing) - 4})" if len(missing) > 4 else "")
-                if missing
-                else "",
-                ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:4]),
-            )
-            if part
-        )
-        raise ValueError(f"{origin or 'weights'} do not fit the detection trunk: {detail}")
+    problem = describe_mismatch({k: v for k, v in state.items() if k in expected}, expected)
+    if problem:
+        raise ValueError(f"{origin or 'weights'} do not fit the detection trunk: {problem}")
     trunk.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True)
     return {"loaded": sorted(expected), "unused": unused}
 

@@ -14,7 +14,7 @@ that the SAM 2 image-encoder trunk uses (see :mod:`unveil.models.hieradet`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -23,10 +23,14 @@ from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from unveil.common.config import records_config
+
+from .layers import drop_path_rates, keep_indices, keep_mask, random_keep_indices
 
 __all__ = [
     "Hiera",
     "HieraBlock",
+    "PreNormBlock",
     "MaskUnitAttention",
     "abs_win_pos_embed",
     "hiera_base_16x224",
@@ -152,23 +156,10 @@ def abs_win_pos_embed(
     return bg + window.tile(1, 1, *tiles)
 
 
-def unit_indices(mask: torch.Tensor) -> torch.Tensor:
-    """Kept mask units as indices: [B, #units] bool (True = keep, the same count in every row) → [B, #kept]
-    ascending unit indices. An integer tensor is taken to be such indices already and returned unchanged.
-
-    The bool path reads the kept count on the host (a sync, and a graph break under ``torch.compile``); code
-    that must stay graph-safe draws indices outside the compiled region and passes those instead.
-    """
-    if mask.dtype != torch.bool:
-        return mask
-    return mask.nonzero()[:, 1].view(mask.shape[0], -1)
-
-
-def unit_mask(indices: torch.Tensor, num_units: int) -> torch.Tensor:
-    """Inverse of :func:`unit_indices`: [B, #kept] unit indices → [B, num_units] bool, True = keep.
-    Static shapes (a scatter), so it is graph-safe."""
-    empty = torch.zeros(indices.shape[0], num_units, dtype=torch.bool, device=indices.device)
-    return empty.scatter(1, indices, True)
+# Kept mask units as indices and as a bool mask: the token helpers of ``unveil.models.layers`` under the names
+# this module has always exported.
+unit_indices = keep_indices
+unit_mask = keep_mask
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,8 +217,43 @@ class MaskUnitAttention(nn.Module):
         return self.proj(x)
 
 
-class HieraBlock(nn.Module):
-    """Pre-norm transformer block; the first block of a stage pools and widens the residual."""
+class PreNormBlock(nn.Module):
+    """The pre-norm transformer block that Hiera and HieraDet share: ``norm1``, ``attn``, ``proj`` (only when
+    the width changes: the residual is widened from the normed input), ``norm2``, ``mlp`` and drop path.
+
+    ``attention`` builds the attention module (called where it is built, so parameters are made in the same
+    order). Subclasses say how the residual is pooled when the attention pools its queries
+    (:meth:`pool_residual`).
+    """
+
+    def __init__(
+        self, dim: int, dim_out: int, attention: Callable[[], nn.Module], mlp_ratio: float, drop_path: float
+    ):
+        super().__init__()
+        self.dim = dim
+        self.dim_out = dim_out
+        self.norm1 = LayerNorm(dim)
+        self.attn = attention()
+        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+        self.norm2 = LayerNorm(dim_out)
+        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def pool_residual(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_norm = self.norm1(x)
+        if self.proj is not None:
+            x = self.proj(x_norm)
+        x = self.pool_residual(x)
+        x = x + self.drop_path(self.attn(x_norm))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class HieraBlock(PreNormBlock):
+    """Hiera's block over unrolled tokens [B, N, dim] → [B, N // q_stride, dim_out]; the first block of a
+    stage pools and widens the residual."""
 
     def __init__(
         self,
@@ -240,25 +266,19 @@ class HieraBlock(nn.Module):
         window_size: int = 0,
         use_mask_unit_attn: bool = False,
     ):
-        super().__init__()
-        self.dim = dim
-        self.dim_out = dim_out
-        self.norm1 = LayerNorm(dim)
-        self.attn = MaskUnitAttention(dim, dim_out, heads, q_stride, window_size, use_mask_unit_attn)
-        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
-        self.norm2 = LayerNorm(dim_out)
-        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), act_layer=nn.GELU)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        super().__init__(
+            dim,
+            dim_out,
+            lambda: MaskUnitAttention(dim, dim_out, heads, q_stride, window_size, use_mask_unit_attn),
+            mlp_ratio,
+            drop_path,
+        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, N, dim] → [B, N // q_stride, dim_out]."""
-        x_norm = self.norm1(x)
-        if self.proj is not None:
-            # the residual is widened from the normed input and pooled like the queries
-            x = self.proj(x_norm)
-            x = x.view(x.shape[0], self.attn.q_stride, -1, x.shape[-1]).max(dim=1).values
-        x = x + self.drop_path(self.attn(x_norm))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def pool_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The widened residual is pooled like the queries: the max over the ``q_stride`` unrolled groups."""
+        if self.proj is None:
+            return x
+        return x.view(x.shape[0], self.attn.q_stride, -1, x.shape[-1]).max(dim=1).values
 
 
 class PatchEmbed(nn.Module):
@@ -302,6 +322,7 @@ class Hiera(nn.Module):
     interpolated, window tiled).
     """
 
+    @records_config  # self.config: the arguments, so Hiera(**model.config) rebuilds the architecture
     def __init__(
         self,
         input_size: Sequence[int] = (224, 224),
@@ -359,18 +380,6 @@ class Hiera(nn.Module):
             raise ValueError(f"mask_unit_size {tuple(mask_unit_size)} does not divide by q_stride**q_pool")
         if sep_pos_embed and abs_win_pos_embed:
             raise ValueError("sep_pos_embed and abs_win_pos_embed are exclusive")
-        # The constructor arguments as plain values, so that a checkpoint or an export can rebuild this
-        # architecture (``Hiera(**model.config)``); subclasses replace it with their own.
-        self.config = dict(
-            input_size=tuple(input_size), in_chans=in_chans, embed_dim=embed_dim, num_heads=num_heads,
-            num_classes=num_classes, stages=tuple(stages), q_pool=q_pool, q_stride=tuple(q_stride),
-            mask_unit_size=tuple(mask_unit_size), mask_unit_attn=tuple(bool(a) for a in mask_unit_attn),
-            dim_mul=dim_mul, head_mul=head_mul, patch_kernel=tuple(patch_kernel), patch_stride=tuple(patch_stride),
-            patch_padding=tuple(patch_padding), mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate,
-            head_dropout=head_dropout, head_init_scale=head_init_scale, sep_pos_embed=sep_pos_embed,
-            abs_win_pos_embed=abs_win_pos_embed, global_pos_size=tuple(global_pos_size),
-            pos_embed_antialias=pos_embed_antialias,
-        )
         self.input_size = tuple(input_size)
         self.patch_stride = tuple(patch_stride)
         self.q_stride = tuple(q_stride)
@@ -403,7 +412,7 @@ class Hiera(nn.Module):
         self.stage_ends = [sum(stages[: i + 1]) - 1 for i in range(len(stages))]
         q_pool_blocks = [end + 1 for end in self.stage_ends[:q_pool]]
         depth = sum(stages)
-        drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # plain floats: meta-device safe
+        drop_rates = drop_path_rates(drop_path_rate, depth)
         flat_q_stride = math.prod(q_stride)
         window = self.mu_size
         stage = 0
@@ -501,18 +510,16 @@ class Hiera(nn.Module):
         return math.prod([n // m for n, m in zip(self.token_grid(x), self.mask_unit_size)])
 
     def get_random_unit_indices(self, x: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-        """[B, #kept] ascending indices of the kept mask units, ``#kept = int(#units * (1 - ratio))``.
+        """[B, #kept] ascending indices of the kept mask units, ``#kept = keep_count(#units, ratio)``.
 
         Static shapes throughout (no host sync), so it may run inside a compiled graph; it draws the same
         numbers as :meth:`get_random_mask` from the same RNG state.
         """
-        units = self.num_mask_units(x)
-        keep = int(units * (1 - mask_ratio))
-        noise = torch.rand(x.shape[0], units, device=x.device)
-        return noise.argsort(dim=1)[:, :keep].sort(dim=1).values  # the `keep` units of lowest noise
+        return random_keep_indices(x.shape[0], self.num_mask_units(x), mask_ratio, x.device)
 
     def get_random_mask(self, x: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-        """[B, #mask units] bool, True = keep; exactly ``int(#units * (1 - ratio))`` kept per sample."""
+        """[B, #mask units] bool, True = keep; ``keep_count(#units, ratio)`` kept per sample (see
+        ``unveil.models.layers``)."""
         return unit_mask(self.get_random_unit_indices(x, mask_ratio), self.num_mask_units(x))
 
     def get_pos_embed(self, grid: Sequence[int]) -> torch.Tensor:

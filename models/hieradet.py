@@ -24,12 +24,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from unveil.common.config import records_config
 
-from .hiera import Hiera, LayerNorm, PatchEmbed, abs_win_pos_embed
+from .hiera import Hiera, PatchEmbed, PreNormBlock, abs_win_pos_embed
+from .layers import drop_path_rates
 
 __all__ = [
     "HieraDet",
@@ -140,8 +142,9 @@ class WindowedAttention(nn.Module):
         return x
 
 
-class HieraDetBlock(nn.Module):
-    """Hiera's pre-norm block on a [B, H, W, C] map, with windowed or global attention.
+class HieraDetBlock(PreNormBlock):
+    """Hiera's pre-norm block on a [B, H, W, dim] map → [B, H', W', dim_out], with windowed or global
+    attention.
 
     Same parameters as :class:`unveil.models.hiera.HieraBlock`: ``norm1``, ``attn.qkv``,
     ``attn.proj``, ``proj`` (only when the width changes), ``norm2``, ``mlp.fc1``, ``mlp.fc2``.
@@ -157,28 +160,19 @@ class HieraDetBlock(nn.Module):
         q_stride: Sequence[int] | None = None,
         window_size: int = 0,
     ):
-        super().__init__()
-        self.dim = dim
-        self.dim_out = dim_out
+        super().__init__(
+            dim,
+            dim_out,
+            lambda: WindowedAttention(dim, dim_out, heads, q_stride, window_size),
+            mlp_ratio,
+            drop_path,
+        )
         self.q_stride = tuple(q_stride) if q_stride is not None else None
         self.window_size = window_size
-        self.norm1 = LayerNorm(dim)
-        self.attn = WindowedAttention(dim, dim_out, heads, q_stride, window_size)
-        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
-        self.norm2 = LayerNorm(dim_out)
-        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), act_layer=nn.GELU)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, H, W, dim] → [B, H', W', dim_out]."""
-        x_norm = self.norm1(x)
-        if self.proj is not None:
-            # as in Hiera, the residual is widened from the normed input
-            x = self.proj(x_norm)
-        if self.q_stride is not None:
-            x = max_pool_nhwc(x, self.q_stride)
-        x = x + self.drop_path(self.attn(x_norm))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def pool_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual map is max-pooled by ``q_stride``, as the queries are."""
+        return max_pool_nhwc(x, self.q_stride) if self.q_stride is not None else x
 
 
 class HieraDet(nn.Module):
@@ -192,6 +186,7 @@ class HieraDet(nn.Module):
     extra arguments are SAM 2's ``window_spec`` and ``global_att_blocks``.
     """
 
+    @records_config
     def __init__(
         self,
         in_chans: int = 3,
@@ -253,7 +248,7 @@ class HieraDet(nn.Module):
 
         self.stage_ends = [sum(stages[: i + 1]) - 1 for i in range(len(stages))]
         q_pool_blocks = {end + 1 for end in self.stage_ends[:q_pool]}
-        drop_rates = [r.item() for r in torch.linspace(0, drop_path_rate, depth)]
+        drop_rates = drop_path_rates(drop_path_rate, depth)  # plain floats: builds on the meta device
         stage = 0
         dim, heads = embed_dim, num_heads
         self.blocks = nn.ModuleList()

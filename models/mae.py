@@ -19,8 +19,11 @@ from typing import NamedTuple
 import torch
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from torch import nn
+from unveil.common.config import records_config
 
 from .hiera import Hiera, HieraBlock, LayerNorm, hiera_config, undo_windowing, unit_indices, unit_mask
+from .layers import normalize_patches, patch_mean_std
+from .vit import init_mae_weights
 
 __all__ = [
     "MAEOutput",
@@ -40,7 +43,6 @@ __all__ = [
 
 # Hiera arguments that MaskedAutoencoderHiera does not take: it has no classifier head, and it interpolates
 # absolute-win embeddings as SAM 2 does (pos_embed_antialias=False)
-_HIERA_ONLY_ARGS = ("num_classes", "head_dropout", "head_init_scale", "pos_embed_antialias")
 
 
 class MAEOutput(NamedTuple):
@@ -61,6 +63,7 @@ class MAEOutput(NamedTuple):
 class MaskedAutoencoderHiera(Hiera):
     """Hiera encoder + multi-scale fusion + transformer decoder, trained to reconstruct masked units."""
 
+    @records_config
     def __init__(
         self,
         input_size: Sequence[int] = (224, 224),
@@ -124,12 +127,6 @@ class MaskedAutoencoderHiera(Hiera):
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         del self.norm, self.head  # the MAE encoder ends in encoder_norm after fusion
-        # Hiera's config less the arguments this class does not take, plus its own (see ``Hiera.config``)
-        self.config = {
-            **{k: v for k, v in self.config.items() if k not in _HIERA_ONLY_ARGS},
-            **dict(mask_ratio=mask_ratio, decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
-                   decoder_num_heads=decoder_num_heads, norm_pix_loss=norm_pix_loss),
-        }
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.in_chans = in_chans
@@ -169,20 +166,10 @@ class MaskedAutoencoderHiera(Hiera):
 
         trunc_normal_(self.mask_token, std=0.02)
         trunc_normal_(self.decoder_pos_embed, std=0.02)
-        self.apply(self._mae_init_weights)
+        self.apply(init_mae_weights)
         # the patch conv starts like a linear layer on flattened patches (as in MAE)
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-
-    @staticmethod
-    def _mae_init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -286,11 +273,7 @@ class MaskedAutoencoderHiera(Hiera):
     def make_target(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, P] regression targets: pixels of each patch, normalised per patch if configured."""
         target = self.patchify(x)
-        if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1.0e-6) ** 0.5
-        return target
+        return normalize_patches(target) if self.norm_pix_loss else target
 
     def forward(
         self, x: torch.Tensor, mask_ratio: float | None = None, mask: torch.Tensor | None = None
@@ -329,8 +312,7 @@ class MaskedAutoencoderHiera(Hiera):
         pixels = self.patchify(x)
         pred = out.pred.to(pixels.dtype)
         if self.norm_pix_loss:
-            mean = pixels.mean(dim=-1, keepdim=True)
-            std = (pixels.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+            mean, std = patch_mean_std(pixels)
             pred = pred * std + mean
         visible = self.patch_mask(out.mask, grid).unsqueeze(-1)
         images = dict(

@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from timm.layers import PatchEmbed, trunc_normal_
 from torch import nn
+from unveil.common.config import records_config
 
+from .layers import normalize_patches, patch_mean_std, random_keep_indices, random_keep_mask
 from .vit import (
     LAYER_NORM_EPS,
     TubeletEmbed,
@@ -72,6 +74,7 @@ class AudioEncoder(ViTEncoder):
     """ViT over a log-mel fbank [B, 1, frames, mel]: ``patch_size`` square patches, raster order over (time,
     frequency); 1024x128 with 16x16 patches gives 64x8 = 512 tokens (AudioMAE)."""
 
+    @records_config
     def __init__(
         self,
         audio_size: Sequence[int] = (1024, 128),
@@ -87,9 +90,6 @@ class AudioEncoder(ViTEncoder):
             raise ValueError(f"fbank size {audio_size} does not divide into {patch_size}x{patch_size} patches")
         embed = PatchEmbed(img_size=audio_size, patch_size=patch_size, in_chans=1, embed_dim=embed_dim)
         super().__init__(embed, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate)
-        # The constructor arguments, so that an exported encoder can be rebuilt (``AudioEncoder(**config)``).
-        self.config = dict(audio_size=audio_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                           num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
         self.audio_size = audio_size
         self.patch_size = patch_size
 
@@ -110,6 +110,7 @@ class VideoEncoder(ViTEncoder):
     """ViT over video [B, 3, T, H, W] in ``tubelet_frames x patch x patch`` tubelets, raster order over (time,
     rows, columns); 8x224x224 with 2x16x16 tubelets gives 4x14x14 = 784 tokens."""
 
+    @records_config
     def __init__(
         self,
         num_frames: int = 8,
@@ -124,10 +125,6 @@ class VideoEncoder(ViTEncoder):
     ):
         embed = TubeletEmbed(image_size, patch_size, 3, embed_dim, num_frames=num_frames, tubelet_frames=tubelet_frames)
         super().__init__(embed, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate)
-        # The constructor arguments, so that an exported encoder can be rebuilt (``VideoEncoder(**config)``).
-        self.config = dict(num_frames=num_frames, image_size=image_size, patch_size=patch_size,
-                           tubelet_frames=tubelet_frames, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                           mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
         self.num_frames = num_frames
         self.image_size = image_size
         self.patch_size = patch_size
@@ -202,21 +199,6 @@ class MaskedTokenDecoder(nn.Module):
 # ---------------------------------------------------------------------------------------- masking and loss
 
 
-def random_keep_indices(batch_size: int, num_tokens: int, mask_ratio: float, device=None) -> torch.Tensor:
-    """[B, K] ascending indices of ``K = floor(N * (1 - mask_ratio))`` random visible tokens per sample (at
-    least one). Static shapes and no host sync, so it is graph-safe; the same draw as :func:`random_keep_mask`."""
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask ratio must be in [0, 1), got {mask_ratio}")
-    keep = max(1, int(num_tokens * (1.0 - mask_ratio) + 1e-6))  # the epsilon: 40 * (1 - 0.8) is 7.99999...
-    noise = torch.rand(batch_size, num_tokens, device=device)
-    return noise.argsort(dim=1)[:, :keep].sort(dim=1).values  # the `keep` tokens of lowest noise
-
-
-def random_keep_mask(batch_size: int, num_tokens: int, mask_ratio: float, device=None) -> torch.Tensor:
-    """[B, N] bool, True = visible: ``floor(N * (1 - mask_ratio))`` random tokens per sample (at least one)."""
-    return keep_mask(random_keep_indices(batch_size, num_tokens, mask_ratio, device), num_tokens)
-
-
 def masked_mse(
     pred: torch.Tensor, target: torch.Tensor, keep: torch.Tensor, sample_weight: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -230,13 +212,6 @@ def masked_mse(
     if sample_weight is not None:
         hidden = hidden * sample_weight.float().view(-1, 1)
     return (per_token * hidden).sum() / hidden.sum().clamp_min(1.0)
-
-
-def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Normalise every patch to zero mean and unit variance over its values (MAE's ``norm_pix_loss``)."""
-    mean = patches.mean(dim=-1, keepdim=True)
-    var = patches.var(dim=-1, keepdim=True)
-    return (patches - mean) / (var + eps).sqrt()
 
 
 class MAViLMasks(NamedTuple):
@@ -297,6 +272,7 @@ class MAViL(nn.Module):
         drop_path_rate: stochastic depth of the encoders.
     """
 
+    @records_config
     def __init__(
         self,
         audio_size: tuple[int, int] = (1024, 128),
@@ -320,15 +296,6 @@ class MAViL(nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        # The constructor arguments, so that a model of the same architecture can be built (stage 2's teacher).
-        self.config = dict(
-            audio_size=tuple(audio_size), num_frames=num_frames, image_size=image_size, patch_size=patch_size,
-            tubelet_frames=tubelet_frames, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-            mlp_ratio=mlp_ratio, fusion_depth=fusion_depth, decoder_embed_dim=decoder_embed_dim,
-            decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads, projection_dim=projection_dim,
-            audio_mask_ratio=audio_mask_ratio, video_mask_ratio=video_mask_ratio, norm_pix_loss=norm_pix_loss,
-            target_dim=target_dim, drop_path_rate=drop_path_rate,
-        )
         for name, ratio in (("audio_mask_ratio", audio_mask_ratio), ("video_mask_ratio", video_mask_ratio)):
             if not 0.0 <= ratio < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {ratio}")
@@ -398,7 +365,8 @@ class MAViL(nn.Module):
         rv = self.video_mask_ratio if video_mask_ratio is None else video_mask_ratio
 
         def draw(n: int, ratio: float) -> torch.Tensor:
-            indices = random_keep_indices(batch_size, n, ratio, device)
+            # at least one visible token: the contrastive terms pool each encoder's visible tokens
+            indices = random_keep_indices(batch_size, n, ratio, device, min_keep=1)
             return indices if as_indices else keep_mask(indices, n)
 
         audio, video = draw(self.num_audio_tokens, ra), draw(self.num_video_tokens, rv)
@@ -542,8 +510,8 @@ class MAViL(nn.Module):
             patches = encoder.patchify(x.float())
             pred = pred.float()
             if self.norm_pix_loss:
-                std = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
-                pred = pred * std + patches.mean(dim=-1, keepdim=True)
+                mean, std = patch_mean_std(patches)
+                pred = pred * std + mean
             visible = keep.unsqueeze(-1)
             fill = patches.amin(dim=(1, 2), keepdim=True) if encoder is self.audio_encoder else 0.0
             images = dict(

@@ -16,6 +16,8 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .layers import drop_path_rates, keep_indices, keep_mask
+
 __all__ = [
     "LAYER_NORM_EPS",
     "TubeletEmbed",
@@ -135,30 +137,6 @@ class TubeletEmbed(nn.Module):
 # ---------------------------------------------------------------------------------------- masking helpers
 
 
-def keep_indices(keep: torch.Tensor) -> torch.Tensor:
-    """[B, N] bool (True = visible, the same count in every row) → [B, K] indices of the visible tokens in
-    ascending order. An integer tensor is taken to be such indices already and returned unchanged.
-
-    The bool path reads the count on the host (a sync, and a graph break under ``torch.compile``); graph-safe
-    code passes indices drawn outside the compiled region (``random_keep_indices``)."""
-    if keep.dtype != torch.bool:
-        return keep
-    counts = keep.sum(dim=1)
-    if bool((counts != counts[0]).any()):
-        raise ValueError(f"every sample must keep the same number of tokens, got counts {counts.tolist()}")
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # visible first, each group in order
-    return order[:, : int(counts[0])]
-
-
-def keep_mask(keep: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """[B, K] visible-token indices (or a [B, N] bool mask, returned unchanged) → [B, num_tokens] bool,
-    True = visible. A scatter with static shapes: graph-safe."""
-    if keep.dtype == torch.bool:
-        return keep
-    empty = torch.zeros(keep.shape[0], num_tokens, dtype=torch.bool, device=keep.device)
-    return empty.scatter(1, keep, True)
-
-
 def gather_tokens(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """x [B, N, D], indices [B, K] → [B, K, D]."""
     return torch.gather(x, 1, indices.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
@@ -170,7 +148,7 @@ def gather_tokens(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 def vit_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0):
     """``depth`` timm ViT blocks (qkv bias, LayerNorm eps 1e-6), stochastic depth rising linearly to
     ``drop_path_rate``."""
-    rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
+    rates = drop_path_rates(drop_path_rate, depth)
     norm = partial(nn.LayerNorm, eps=LAYER_NORM_EPS)
     return nn.ModuleList(
         Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=rate, norm_layer=norm) for rate in rates

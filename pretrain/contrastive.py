@@ -14,43 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+from unveil.common.distributed import gather_with_local_grad, world_size
 
 __all__ = [
-    "distributed_world",
-    "gather_with_local_grad",
     "retrieval_recall",
     "scale_gradient",
     "symmetric_info_nce",
 ]
-
-
-def distributed_world() -> tuple[int, int]:
-    """``(world_size, rank)`` of the default process group, ``(1, 0)`` without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def gather_with_local_grad(x: torch.Tensor) -> torch.Tensor:
-    """[B_r, ...] on rank r → [sum_r B_r, ...], rank-ordered; the local slice is ``x`` itself (gradients flow
-    into it), the other ranks' slices are constants. Ranks may hold different batch sizes."""
-    world, rank = distributed_world()
-    if world == 1:
-        return x
-    sizes = torch.zeros(world, dtype=torch.long, device=x.device)
-    size = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
-    dist.all_gather_into_tensor(sizes, size)
-    largest = int(sizes.max())
-    padded = x.detach()
-    if x.shape[0] < largest:  # all_gather needs equal shapes: pad, then trim
-        padded = torch.cat([padded, padded.new_zeros(largest - x.shape[0], *x.shape[1:])])
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    parts = [part[: int(n)] for part, n in zip(parts, sizes.tolist())]
-    parts[rank] = x
-    return torch.cat(parts)
 
 
 def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -71,7 +42,7 @@ def symmetric_info_nce(
 
     Cosine similarities over ``temperature``; the loss is the mean of the a→b and b→a cross-entropies, each
     averaged over the global batch. With ``gather`` the negatives come from every DDP rank
-    (:func:`gather_with_local_grad`) and the result is the loss of the whole global batch, the same on every
+    (``unveil.common.distributed.gather_with_local_grad``) and the result is the loss of the whole global batch, the same on every
     rank. ``valid`` [B] bool leaves pairs out as queries (e.g. clips without audio) while they stay in as
     negatives; with no valid pair the loss is 0 (still connected to the graph).
     """
@@ -79,7 +50,7 @@ def symmetric_info_nce(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     a = F.normalize(a.float(), dim=-1)
     b = F.normalize(b.float(), dim=-1)
-    world = distributed_world()[0] if gather else 1
+    world = world_size() if gather else 1
     if world > 1:
         a, b = gather_with_local_grad(a), gather_with_local_grad(b)
         if valid is not None:

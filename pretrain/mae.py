@@ -16,18 +16,14 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from unveil.common.checkpoints import record_architecture
+from unveil.common.distributed import rank_and_world_size
+from unveil.common.seeding import derive_seed, seeded_rng
 from unveil.models import MaskedAutoencoderHiera
 from unveil.models.hiera import unit_indices
-from unveil.pretrain.checkpoints import record_architecture
 from unveil.pretrain.compiled import CompiledTraining
 from unveil.pretrain.optim import WarmupCosineAdamW
-from unveil.pretrain.resume import (
-    global_batch_mask,
-    restore_train_loader_position,
-    seeded_rng,
-    step_rng,
-    step_seed,
-)
+from unveil.pretrain.resume import global_batch_mask, restore_train_loader_position, step_rng, step_seed
 from unveil.pretrain.throughput import SamplesPerSecond
 from unveil.pretrain.visualize import (
     ReconstructionPictures,
@@ -153,8 +149,7 @@ class MAEPretrainModule(ReconstructionPictures, CompiledTraining, WarmupCosineAd
     def training_mask(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """[B, #mask units] keep mask of this rank's training batch ``x``: its rows of a mask drawn for the
         global batch from a seed of (run seed, epoch, ``batch_idx``), see ``global_batch_mask``."""
-        trainer = self._trainer
-        rank, world_size = (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
+        rank, world_size = rank_and_world_size(self._trainer)
         seed = step_seed(self, batch_idx, "mask", per_rank=False)
         return global_batch_mask(self.model, x, seed, rank, world_size)
 
@@ -167,7 +162,7 @@ class MAEPretrainModule(ReconstructionPictures, CompiledTraining, WarmupCosineAd
     def _eval_step(self, batch, batch_idx: int, stage: str) -> torch.Tensor:
         x = self.get_input(batch)
         # The same masks at every evaluation, so that the loss curve compares like with like.
-        with seeded_rng(self.vis_seed + batch_idx, x.device):
+        with seeded_rng(derive_seed(self.vis_seed, "eval", batch_idx), x.device):
             loss = self.model(x).loss
         self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
         return loss

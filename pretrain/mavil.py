@@ -29,12 +29,15 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from torchvision.utils import make_grid
+from unveil.common.checkpoints import describe_mismatch, read_checkpoint, record_architecture
+from unveil.common.distributed import gather_uneven
+from unveil.common.seeding import derive_seed, seeded_rng
+from unveil.models.convert import unwrap_state_dict
 from unveil.models.mavil import MAViL, MAViLMasks, MAViLOutput, masked_mse
-from unveil.pretrain.checkpoints import record_architecture
 from unveil.pretrain.compiled import CompiledTraining
 from unveil.pretrain.contrastive import retrieval_recall, symmetric_info_nce
 from unveil.pretrain.optim import WarmupCosineAdamW
-from unveil.pretrain.resume import restore_train_loader_position, seeded_rng, step_rng
+from unveil.pretrain.resume import restore_train_loader_position, step_rng
 from unveil.pretrain.throughput import SamplesPerSecond
 from unveil.pretrain.visualize import (
     ReconstructionPictures,
@@ -77,44 +80,25 @@ def load_mavil_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"MAViL teacher checkpoint not found: '{path}' (set teacher_checkpoint to the stage-1 run's .ckpt, "
             "e.g. runs/mavil_stage1_as2m/checkpoints/last.ckpt)"
         )
+    checkpoint, metadata = read_checkpoint(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a pickle of arbitrary objects, or not a torch file at all
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot read MAViL teacher checkpoint '{path}' with torch.load(weights_only=True): "
-                         f"{first}") from None
-    state = checkpoint
-    if isinstance(checkpoint, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(checkpoint.get(key), Mapping):
-                state = checkpoint[key]
-                break
-    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        state = dict(checkpoint) if metadata is not None else unwrap_state_dict(checkpoint)
+    except (ValueError, AttributeError):
+        state = {}
+    if not state:
         raise ValueError(f"'{path}' holds no state dict of tensors (expected a stage-1 Lightning .ckpt)")
     if any(k.startswith("model.") for k in state):  # a LightningModule's state: the model is under "model."
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    return dict(state)
+    return state
 
 
 def _load_teacher(teacher: MAViL, path: str | Path) -> None:
     """Load ``path`` into ``teacher`` strictly; a mismatch raises ``ValueError`` naming the differences."""
     state = load_mavil_state_dict(path)
-    own = teacher.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-
-        def few(items: list[str]) -> str:
-            return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
-
-        problems = [f"{name}: {few(items)}" for name, items in
-                    (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if items]
+    problem = describe_mismatch(state, teacher.state_dict())
+    if problem:
         raise ValueError(
-            f"teacher checkpoint '{path}' does not match the teacher architecture ({'; '.join(problems)}); "
+            f"teacher checkpoint '{path}' does not match the teacher architecture ({problem}); "
             "it must be a stage-1 MAViL checkpoint of the architecture given by `teacher` (default: the "
             "student's, predicting pixels)"
         )
@@ -258,7 +242,8 @@ class _MAViLModule(CompiledTraining, WarmupCosineAdamW, pl.LightningModule):
 
     def _eval_step(self, batch, batch_idx: int, stage: str) -> torch.Tensor:
         fbank, video, valid = self.unpack(batch)
-        with seeded_rng(self.vis_seed + batch_idx, fbank.device):  # the same masks at every evaluation
+        # the same masks at every evaluation
+        with seeded_rng(derive_seed(self.vis_seed, "eval", batch_idx), fbank.device):
             losses = self.compute_losses(batch)
         for name, value in losses.items():
             self.log(f"{stage}/{name}", value, prog_bar=name == "loss", sync_dist=True, batch_size=fbank.shape[0])
@@ -289,22 +274,13 @@ class _MAViLModule(CompiledTraining, WarmupCosineAdamW, pl.LightningModule):
         audio = torch.cat([a for a, _ in parts]) if parts else torch.zeros(0, dim, device=self.device)
         video = torch.cat([v for _, v in parts]) if parts else torch.zeros(0, dim, device=self.device)
         self._val_embeddings = []
-        if self._trainer is not None and self.trainer.world_size > 1:
-            audio, video = self._gather_uneven(audio), self._gather_uneven(video)
+        audio, video = gather_uneven(audio), gather_uneven(video)  # clips without audio make ranks uneven
         if audio.shape[0] < 2:
             return
         for name, (query, keys) in (("a2v", (audio, video)), ("v2a", (video, audio))):
             for k, recall in retrieval_recall(query, keys, self.retrieval_ks).items():
                 self.log(f"{stage}/{name}_R@{k}", recall, batch_size=audio.shape[0])
         self.log(f"{stage}/retrieval_clips", float(audio.shape[0]), batch_size=audio.shape[0])
-
-    def _gather_uneven(self, x: torch.Tensor) -> torch.Tensor:
-        """Concatenate ``x`` [n_r, E] over ranks (n_r may differ: clips without audio are dropped)."""
-        sizes = self.all_gather(torch.tensor(x.shape[0], device=self.device)).view(-1)
-        largest = int(sizes.max())
-        padded = torch.cat([x, x.new_zeros(largest - x.shape[0], x.shape[1])])
-        gathered = self.all_gather(padded)  # [W, largest, E]
-        return torch.cat([part[: int(n)] for part, n in zip(gathered, sizes.tolist())])
 
 
 # ---------------------------------------------------------------------------------------- stage 1

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
@@ -39,21 +38,22 @@ def unwrapped_name(name: str) -> str:
 
 
 def no_weight_decay_names(model: nn.Module, no_weight_decay: Collection[str] | None = None) -> frozenset[str]:
-    """Names of the parameters that get no weight decay: every 1-D parameter and bias (norms, biases), and every
-    name matching a glob in ``no_weight_decay`` (default: ``model.no_weight_decay()``, the position embeddings).
+    """Names of the parameters that get no weight decay: timm's rule (``timm.optim.param_groups_weight_decay``):
+    every 1-D parameter and bias (norms, biases), and every name matching a glob in ``no_weight_decay``
+    (default: ``model.no_weight_decay()``, the position embeddings). Frozen parameters are left out.
 
     Call it on the bare model, before a strategy wraps it: FSDP flattens parameters into 1-D shards, so their
-    shapes no longer tell a weight matrix from a bias.
+    shapes no longer tell a weight matrix from a bias; :func:`weight_decay_param_groups` then matches the
+    wrapped model's parameters to these names.
     """
+    from timm.optim import param_groups_weight_decay
+
     if no_weight_decay is None:
         no_weight_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
-    patterns = tuple(no_weight_decay)
-    names = (unwrapped_name(name) for name, param in model.named_parameters() if param.ndim <= 1)
-    return frozenset(names) | frozenset(
-        unwrapped_name(name)
-        for name, _ in model.named_parameters()
-        if name.endswith(".bias") or any(fnmatchcase(unwrapped_name(name), p) for p in patterns)
-    )
+    # any weight decay > 0 makes timm sort the parameters; only the group without decay is read here
+    groups = param_groups_weight_decay(model, weight_decay=1.0, no_weight_decay_list=tuple(no_weight_decay))
+    without = {id(param) for group in groups if group["weight_decay"] == 0.0 for param in group["params"]}
+    return frozenset(unwrapped_name(name) for name, param in model.named_parameters() if id(param) in without)
 
 
 def weight_decay_param_groups(

@@ -25,17 +25,22 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import lightning
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from unveil.datasets.common import derive_seed, run_seed
+from packaging.version import Version
+from unveil.common.distributed import rank_and_world_size
+from unveil.common.seeding import derive_seed, run_seed, seeded_rng
 
 __all__ = [
+    "LIGHTNING_FIXED_20550",
     "AtomicCheckpointIO",
     "PeriodicCheckpoint",
     "global_batch_mask",
+    "lightning_has_issue_20550",
     "restore_train_loader_position",
     "seeded_rng",
     "step_rng",
@@ -44,27 +49,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------ randomness
-
-
-@contextmanager
-def seeded_rng(seed: int, device: torch.device):
-    """Run the block with the global RNGs (CPU, and ``device`` if CUDA) seeded, restoring them afterwards.
-
-    Used so that validation masks and picture masks are the same at every step without disturbing training,
-    and so that each training step's randomness depends on the step only (``step_rng``).
-    """
-    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def _rank_and_world_size(module) -> tuple[int, int]:
-    trainer = getattr(module, "_trainer", None)
-    if trainer is None:
-        return 0, 1
-    return trainer.global_rank, trainer.world_size
 
 
 def step_seed(module, batch_idx: int, purpose: str, per_rank: bool = True) -> int:
@@ -76,7 +60,7 @@ def step_seed(module, batch_idx: int, purpose: str, per_rank: bool = True) -> in
     """
     parts: list[Any] = [run_seed(), purpose, module.current_epoch, batch_idx]
     if per_rank:
-        parts.append(_rank_and_world_size(module)[0])
+        parts.append(rank_and_world_size(getattr(module, "_trainer", None))[0])
     return derive_seed(*parts)
 
 
@@ -111,6 +95,20 @@ def global_batch_mask(model, x: torch.Tensor, seed: int, rank: int = 0, world_si
 # ------------------------------------------------------------------------------------------ data position
 
 
+LIGHTNING_ISSUE_20550 = "https://github.com/Lightning-AI/pytorch-lightning/issues/20550"
+LIGHTNING_FIXED_20550: str | None = None
+"""The first Lightning release that loads saved loader states after ``estimated_stepping_batches`` has built
+the loaders. None: no release does yet (the issue is open; its fixes are the open pull requests
+https://github.com/Lightning-AI/pytorch-lightning/pull/21765 and /pull/21770). Set it when one is released, and
+``restore_train_loader_position`` stops working around the bug from that version on."""
+
+
+def lightning_has_issue_20550(version: str = lightning.__version__) -> bool:
+    """Whether this Lightning version drops the loaders' saved states on resume (see
+    ``LIGHTNING_ISSUE_20550``)."""
+    return LIGHTNING_FIXED_20550 is None or Version(version) < Version(LIGHTNING_FIXED_20550)
+
+
 def restore_train_loader_position(trainer) -> bool:
     """In a run resumed from a checkpoint, restart the training batches from the restored position; call it
     from ``on_train_start``. Returns whether it did (False in a run that did not resume).
@@ -123,8 +121,11 @@ def restore_train_loader_position(trainer) -> bool:
     and before the first batch, pending loader states are loaded and the iterator is made again. Loaders
     that keep their resume position for the whole resumed epoch (``ResumableLoader``) give the same
     batches whether or not Lightning had already loaded their state.
+
+    Only on Lightning versions with the bug (:func:`lightning_has_issue_20550`); it reads private attributes of
+    Lightning's fit loop, so a missing one makes it do nothing rather than fail.
     """
-    if trainer.ckpt_path is None:
+    if trainer.ckpt_path is None or not lightning_has_issue_20550():
         return False
     fit_loop = trainer.fit_loop
     loaders = getattr(fit_loop, "_combined_loader", None)
