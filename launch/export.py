@@ -13,7 +13,7 @@ lists what it dropped. It prints the model to build in the target codebase and h
 
 =============  ==============================================================================================
 unveil         torch file ``{"format": "unveil-backbone", "class_path", "config", "model_state", "source"}``
-               (see :mod:`unveil.pretrain.checkpoints`); ``build_backbone(path)`` returns the model
+               (see :mod:`unveil.common.checkpoints`); ``build_backbone(path)`` returns the model
 hiera          ``{"model_state": ...}`` in official facebookresearch/hiera keys (the ``hiera`` package)
 timm           a plain state dict for timm: ``hiera_*`` / ``timm.models.hiera.Hiera`` (Hiera),
                ``VisionTransformer`` (MAViL encoders)
@@ -32,6 +32,13 @@ suffix, ``--encoder audio|video`` writes ``OUT`` itself.
 Checkpoints are read with ``torch.load(weights_only=True)`` or safetensors: a file that pickles anything
 but tensors and plain containers is refused. Mistakes (a wrong kind of checkpoint, an architecture that
 does not match the weights, a format the model cannot take) stop the command with one line and exit 2.
+
+In Python, :func:`export_backbone` ``(model, format, out)`` is the one way to write a backbone: the command
+calls it with what it read from CKPT, the :class:`ExportBackbone` callback with the trained model in memory.
+:data:`WRITERS` is its table from format to writer. timm's ``save_for_hf`` (config.json + safetensors) is not
+used for ``--format timm``: it needs a registered timm model name, and timm registers no video Hiera and no
+MAViL encoder (the video one takes unveil's ``TubeletEmbed`` as ``embed_layer``, which config.json cannot
+name), so the printed constructor covers every backbone and save_for_hf would cover only image Hieras.
 """
 
 from __future__ import annotations
@@ -39,12 +46,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from torch import nn
 from unveil.launch.cli import UsageError
 
 FORMATS = ("unveil", "hiera", "timm", "sam2", "safetensors")
@@ -131,12 +139,18 @@ class Source:
     """What the command reads: the weights (keys as stored, the model's under ``prefix``), where the
     architecture comes from, and a description for messages."""
 
-    path: Path
+    path: Path | None  # None: a model in memory
     description: str
     state: dict
     prefix: str = ""
-    architecture: Any = None  # unveil.pretrain.checkpoints.Architecture
+    architecture: Any = None  # unveil.common.checkpoints.Architecture
     info: dict = field(default_factory=dict)
+    model: Any = None  # the architecture's model: on the meta device when the weights come from a file
+
+    @property
+    def name(self) -> str:
+        """The source in messages: the quoted path, or the in-memory model's description."""
+        return f"'{self.path}'" if self.path is not None else self.description
 
     @property
     def model_state(self) -> dict:
@@ -148,14 +162,14 @@ class Source:
 def read_source(path: Path) -> Source:
     """Read CKPT safely and tell what it is; ValueError (one line) for anything that is not a checkpoint of a
     model unveil exports."""
-    from unveil.models.convert import unwrap_state_dict
-    from unveil.pretrain.checkpoints import (
+    from unveil.common.checkpoints import (
         ARCHITECTURE_KEY,
         Architecture,
         backbone_from_object,
         is_lightning_checkpoint,
         read_checkpoint,
     )
+    from unveil.models.convert import unwrap_state_dict
 
     if path.is_dir():
         found = sorted(path.rglob("*.ckpt"))
@@ -228,7 +242,7 @@ def resolve_architecture(source: Source, config: str | None, model_name: str | N
     """The architecture to export with: ``--model``, ``--config``, the checkpoint's record, or the run's
     config.yaml, in that order; None when there is none. Returns ``(architecture, model on the meta device)``,
     the architecture normalised to the built model's class and full constructor arguments."""
-    from unveil.pretrain.checkpoints import (
+    from unveil.common.checkpoints import (
         Architecture,
         architecture_from_run_config,
         architecture_of,
@@ -272,15 +286,14 @@ def _config_path(value: str) -> Path:
         raise ValueError(f"--config {value}: no such file or recipe") from None
 
 
-def _check_against(
-    source: Source, state: dict, expected: dict, architecture, allow_missing: str | None
-) -> None:
-    from unveil.pretrain.checkpoints import describe_mismatch
+def _check_against(source: Source, state: dict, expected: dict, allow_missing: str | None) -> None:
+    from unveil.common.checkpoints import describe_mismatch
 
     problem = describe_mismatch(state, expected, allow_missing)
     if problem:
+        architecture = source.architecture
         raise ValueError(
-            f"'{source.path}' does not match the architecture from {architecture.origin} "
+            f"{source.name} does not match the architecture from {architecture.origin} "
             f"({architecture.class_name}): {problem}"
         )
 
@@ -288,11 +301,160 @@ def _check_against(
 # ---------------------------------------------------------------------------------------- writing
 
 
+@dataclass
+class ExportOptions:
+    """What ``unveil export`` can choose besides the format (its flags ``--encoder``, ``--keep-head`` and
+    ``--encoder-norm-as-norm``)."""
+
+    encoder: str | None = None
+    keep_head: bool = False
+    encoder_norm_as_norm: bool = False
+
+
+@dataclass
+class Written:
+    """One file a writer wrote, and how each target codebase loads it: ``(codebase, ModelSpec or None, the
+    line that loads the file)``."""
+
+    path: Path
+    loads: list[tuple[str, Any, str]]
+
+
 def _save_torch(obj, path: Path) -> None:
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, path)
+
+
+def _untrained(state: dict, heads: Sequence[str]) -> str:
+    missing = [h for h in heads if f"{h}.weight" not in state]
+    return f"  # {', '.join(h + '.*' for h in missing)} stay untrained" if missing else ""
+
+
+def _write_unveil_file(
+    path: Path, state: dict, architecture, info: dict, safetensors: bool, what: str
+) -> Written:
+    from unveil.common.checkpoints import save_backbone
+
+    save_backbone(path, state, architecture, info, safetensors=safetensors)
+    return Written(
+        path, [(f"unveil{what}", None, f"model = unveil.common.checkpoints.build_backbone({str(path)!r})")]
+    )
+
+
+def _hiera_architecture(config):
+    from unveil.common.checkpoints import Architecture
+
+    return Architecture("unveil.models.hiera.Hiera", config)
+
+
+def _hiera_unveil(path: Path, state: dict, config, info: dict) -> Written:
+    return _write_unveil_file(path, state, _hiera_architecture(config), info, False, "")
+
+
+def _hiera_safetensors(path: Path, state: dict, config, info: dict) -> Written:
+    return _write_unveil_file(path, state, _hiera_architecture(config), info, True, "")
+
+
+def _hiera_official(path: Path, state: dict, config, info: dict) -> Written:
+    from unveil.launch.export_targets import official_hiera_spec
+
+    if config is not None:
+        spec = official_hiera_spec(config)
+    elif "pos_embed_win" in state:
+        raise ValueError(
+            "the official hiera package has no absolute-win position embeddings (pos_embed_win): "
+            "export this backbone with --format unveil, timm or sam2"
+        )
+    else:
+        spec = None
+    _save_torch({"model_state": state}, path)
+    line = (
+        f"model.load_state_dict(torch.load({str(path)!r}, weights_only=True)['model_state'], strict=False)"
+        + _untrained(state, ("norm", "head.projection"))
+    )
+    return Written(path, [("the hiera package", spec, line)])
+
+
+def _hiera_timm(path: Path, state: dict, config, info: dict) -> Written:
+    from unveil.launch.export_targets import timm_hiera_spec
+
+    _save_torch(state, path)
+    line = f"model.load_state_dict(torch.load({str(path)!r}, weights_only=True), strict=False)" + _untrained(
+        state, ("head.norm", "head.fc")
+    )
+    return Written(path, [("timm", timm_hiera_spec(config) if config is not None else None, line)])
+
+
+def _hiera_sam2(path: Path, state: dict, config, info: dict) -> Written:
+    from unveil.launch.export_targets import sam2_trunk_specs
+
+    timm_spec, sam2_spec = sam2_trunk_specs(config) if config is not None else (None, None)
+    _save_torch({"model": state}, path)
+    name = repr(str(path))
+    return Written(
+        path,
+        [
+            (
+                "timm",
+                timm_spec,
+                (
+                    "model.load_state_dict(timm.models.hieradet_sam2.checkpoint_filter_fn(torch.load("
+                    f"{name}, weights_only=True), prefix='image_encoder.trunk.'), strict=False)"
+                    "  # head.* stay untrained"
+                ),
+            ),
+            (
+                "SAM 2 (the model's image_encoder.trunk)",
+                sam2_spec,
+                (
+                    f"sam2_model.load_state_dict(torch.load({name}, weights_only=True)['model'], "
+                    "strict=False)  # sets the trunk only"
+                ),
+            ),
+        ],
+    )
+
+
+def _vit_unveil(path: Path, state: dict, encoder, info: dict, what: str) -> Written:
+    from unveil.common.checkpoints import architecture_of
+
+    return _write_unveil_file(path, state, architecture_of(encoder), info, False, f" ({what})")
+
+
+def _vit_safetensors(path: Path, state: dict, encoder, info: dict, what: str) -> Written:
+    from unveil.common.checkpoints import architecture_of
+
+    return _write_unveil_file(path, state, architecture_of(encoder), info, True, f" ({what})")
+
+
+def _vit_timm(path: Path, state: dict, encoder, info: dict, what: str) -> Written:
+    from unveil.launch.export_targets import timm_vit_spec
+    from unveil.models.mavil import mavil_encoder_to_timm
+
+    _save_torch(state, path)
+    spec = timm_vit_spec(mavil_encoder_to_timm(encoder)[1])
+    return Written(
+        path,
+        [(f"timm ({what})", spec, f"model.load_state_dict(torch.load({str(path)!r}, weights_only=True))")],
+    )
+
+
+# The one table from format to writer, per model family. Hiera writers take the backbone's weights (in the
+# format's key layout) and its Hiera arguments (None when the source records none); ViT writers take one
+# encoder's weights (timm keys for timm, unveil keys otherwise) and the encoder module.
+WRITERS: dict[str, dict[str, Callable[..., Written]]] = {
+    "Hiera": {
+        "unveil": _hiera_unveil,
+        "hiera": _hiera_official,
+        "timm": _hiera_timm,
+        "sam2": _hiera_sam2,
+        "safetensors": _hiera_safetensors,
+    },
+    "ViT": {"unveil": _vit_unveil, "timm": _vit_timm, "safetensors": _vit_safetensors},
+}
+assert all(set(table) <= set(FORMATS) for table in WRITERS.values())
 
 
 def _describe(state: dict) -> str:
@@ -321,160 +483,6 @@ def _print_report(report, prefix: str) -> None:
         print(f"  note: {note}")
 
 
-def _source_info(source: Source, architecture) -> dict:
-    info = {"checkpoint": str(source.path), **source.info}
-    if architecture is not None:
-        info.update(model=architecture.class_path, architecture_from=architecture.origin)
-    return info
-
-
-def export_hiera(source: Source, args, architecture, model) -> list[Path]:
-    """A Hiera backbone (from an MAE, a classifier, or another export) in the requested format."""
-    from unveil.models.convert import (
-        convert_state_dict,
-        detect_format,
-        hiera_backbone_config,
-        official_hiera_spec,
-        sam2_trunk_specs,
-        timm_hiera_spec,
-        to_official,
-    )
-    from unveil.models.hiera import Hiera
-    from unveil.models.mae import MaskedAutoencoderHiera
-    from unveil.pretrain.checkpoints import Architecture, build_model, save_backbone
-
-    if args.encoder is not None:
-        raise ValueError(f"--encoder applies to MAViL checkpoints; '{source.path}' holds a Hiera")
-    state = source.model_state
-    try:
-        layout = detect_format(state)
-    except ValueError as error:
-        raise ValueError(f"'{source.path}' is not a Hiera, MAE-Hiera or MAViL checkpoint: {error}") from None
-    if model is not None:
-        if isinstance(model, MaskedAutoencoderHiera) and layout == "official":
-            _check_against(source, state, model.state_dict(), architecture, None)  # decoder included
-        else:
-            # in official names without MAE or SAM 2 extras, against the Hiera backbone (final norm and
-            # head optional)
-            official, _ = to_official(state, source=layout)
-            backbone = (
-                model
-                if type(model) is Hiera
-                else build_model(
-                    Architecture(
-                        "unveil.models.hiera.Hiera",
-                        hiera_backbone_config(
-                            architecture.init_args, architecture.init_args.get("num_classes", 0)
-                        ),
-                    )
-                )
-            )
-            _check_against(source, official, backbone.state_dict(), architecture, _BACKBONE_ONLY)
-    elif args.format in ("unveil", "safetensors"):
-        raise ValueError(
-            f"'{source.path}' records no architecture and no config.yaml was found beside it: "
-            f"--format {args.format} stores the model config, so give --config (the run's config.yaml or its "
-            "recipe) or --model (e.g. "
-            "hiera_base_224)"
-        )
-
-    if args.encoder_norm_as_norm and "encoder_norm.weight" not in state:
-        raise ValueError(
-            f"--encoder-norm-as-norm: '{source.path}' has no encoder_norm (not an MAE checkpoint)"
-        )
-    target = _KEY_FORMAT[args.format]
-    backbone_state, report = convert_state_dict(
-        source.state,
-        target,
-        source=layout,
-        prefix=source.prefix or None,
-        # the MAE has no classifier: keeping the "head" keeps only the final norm made from encoder_norm
-        keep_head=args.keep_head or args.encoder_norm_as_norm,
-        encoder_norm_as_norm=args.encoder_norm_as_norm,
-    )
-    num_classes = 0
-    if "head.projection.weight" in backbone_state or "head.fc.weight" in backbone_state:
-        num_classes = (
-            backbone_state.get("head.projection.weight", backbone_state.get("head.fc.weight"))
-        ).shape[0]
-    config = hiera_backbone_config(architecture.init_args, num_classes) if architecture is not None else None
-
-    out = Path(args.out)
-    name = repr(str(out))
-    if args.format in ("unveil", "safetensors"):
-        save_backbone(
-            out,
-            backbone_state,
-            Architecture("unveil.models.hiera.Hiera", config),
-            _source_info(source, architecture),
-            safetensors=args.format == "safetensors",
-        )
-        loads = [
-            ("unveil", None, f"model = unveil.pretrain.checkpoints.build_backbone({name})  # a unveil Hiera")
-        ]
-    elif args.format == "hiera":
-        if config is not None:
-            spec = official_hiera_spec(config)
-        elif "pos_embed_win" in backbone_state:
-            raise ValueError(
-                "the official hiera package has no absolute-win position embeddings (pos_embed_win): "
-                "export this backbone with --format unveil, timm or sam2"
-            )
-        else:
-            spec = None
-        _save_torch({"model_state": backbone_state}, out)
-        loads = [
-            (
-                "the hiera package",
-                spec,
-                f"model.load_state_dict(torch.load({name}, weights_only=True)['model_state'], strict=False)"
-                + _untrained(backbone_state, ("norm", "head.projection")),
-            )
-        ]
-    elif args.format == "timm":
-        _save_torch(backbone_state, out)
-        loads = [
-            (
-                "timm",
-                timm_hiera_spec(config) if config is not None else None,
-                f"model.load_state_dict(torch.load({name}, weights_only=True), strict=False)"
-                + _untrained(backbone_state, ("head.norm", "head.fc")),
-            )
-        ]
-    else:  # sam2
-        timm_spec, sam2_spec = sam2_trunk_specs(config) if config is not None else (None, None)
-        _save_torch({"model": backbone_state}, out)
-        loads = [
-            (
-                "timm",
-                timm_spec,
-                (
-                    "model.load_state_dict(timm.models.hieradet_sam2.checkpoint_filter_fn(torch.load("
-                    f"{name}, weights_only=True), prefix='image_encoder.trunk.'), strict=False)"
-                    "  # head.* stay untrained"
-                ),
-            ),
-            (
-                "SAM 2 (the model's image_encoder.trunk)",
-                sam2_spec,
-                (
-                    f"sam2_model.load_state_dict(torch.load({name}, weights_only=True)['model'], "
-                    "strict=False)  "
-                    "# sets the trunk only"
-                ),
-            ),
-        ]
-    _print_report(report, source.prefix)
-    print(f"wrote {out} ({args.format}: {_describe(backbone_state)})")
-    _print_loading(loads, unknown=architecture is None)
-    return [out]
-
-
-def _untrained(state: dict, heads: Sequence[str]) -> str:
-    missing = [h for h in heads if f"{h}.weight" not in state]
-    return f"  # {', '.join(h + '.*' for h in missing)} stay untrained" if missing else ""
-
-
 def _print_loading(loads, unknown: bool = False) -> None:
     """``loads``: (codebase, ModelSpec or None, the line that loads the file), one per target codebase."""
     notes = []
@@ -493,72 +501,179 @@ def _print_loading(loads, unknown: bool = False) -> None:
         print(f"note: {note}")
 
 
-def export_vit(source: Source, args, architecture, model, family: str) -> list[Path]:
-    """MAViL's audio and/or video encoder (or one exported encoder) as timm ``VisionTransformer`` weights."""
-    from unveil.models.convert import MAVIL_ENCODERS, mavil_export_report, timm_vit_spec
-    from unveil.models.mavil import mavil_encoder_to_timm
-    from unveil.pretrain.checkpoints import architecture_of, save_backbone
+def _holds_weights(source: Source) -> bool:
+    """Whether the source's model is the one whose weights are exported (a model in memory), rather than one
+    built from a recorded architecture, on the meta device, that the weights must fit."""
+    model = source.model
+    return source.path is None and model is not None and not any(p.is_meta for p in model.parameters())
 
-    if args.format in ("hiera", "sam2"):
+
+def _source_info(source: Source) -> dict:
+    info = {"checkpoint": str(source.path), **source.info} if source.path is not None else dict(source.info)
+    if source.architecture is not None:
+        info.update(model=source.architecture.class_path, architecture_from=source.architecture.origin)
+    return info
+
+
+def _export_hiera(source: Source, format: str, out: Path, options: ExportOptions) -> list[Path]:
+    """A Hiera backbone (from an MAE, a classifier, or another export)."""
+    from unveil.common.checkpoints import build_model
+    from unveil.models.convert import convert_state_dict, detect_format, hiera_backbone_config, to_official
+    from unveil.models.hiera import Hiera
+    from unveil.models.mae import MaskedAutoencoderHiera
+
+    architecture, model = source.architecture, source.model
+    if options.encoder is not None:
+        raise ValueError(f"--encoder applies to MAViL checkpoints; {source.name} holds a Hiera")
+    state = source.model_state
+    try:
+        layout = detect_format(state)
+    except ValueError as error:
+        raise ValueError(f"{source.name} is not a Hiera, MAE-Hiera or MAViL checkpoint: {error}") from None
+    if model is not None and not _holds_weights(source):  # check the weights against the architecture
+        if isinstance(model, MaskedAutoencoderHiera) and layout == "official":
+            _check_against(source, state, model.state_dict(), None)  # decoder included
+        else:
+            # in official names without MAE or SAM 2 extras, against the Hiera backbone (final norm and
+            # head optional)
+            official, _ = to_official(state, source=layout)
+            backbone = (
+                model
+                if type(model) is Hiera
+                else build_model(
+                    _hiera_architecture(
+                        hiera_backbone_config(
+                            architecture.init_args, architecture.init_args.get("num_classes", 0)
+                        )
+                    )
+                )
+            )
+            _check_against(source, official, backbone.state_dict(), _BACKBONE_ONLY)
+    elif model is None and format in ("unveil", "safetensors"):
         raise ValueError(
-            f"'{source.path}' holds ViT encoders ({family}), not a Hiera: --format {args.format} does not "
-            "apply (use unveil, timm or safetensors)"
+            f"{source.name} records no architecture and no config.yaml was found beside it: "
+            f"--format {format} stores the model config, so give --config (the run's config.yaml or its "
+            "recipe) or --model (e.g. hiera_base_224)"
         )
-    if args.keep_head or args.encoder_norm_as_norm:
+    if options.encoder_norm_as_norm and "encoder_norm.weight" not in state:
+        raise ValueError(f"--encoder-norm-as-norm: {source.name} has no encoder_norm (not an MAE checkpoint)")
+
+    backbone_state, report = convert_state_dict(
+        source.state,
+        _KEY_FORMAT[format],
+        source=layout,
+        prefix=source.prefix or None,
+        # the MAE has no classifier: keeping the "head" keeps only the final norm made from encoder_norm
+        keep_head=options.keep_head or options.encoder_norm_as_norm,
+        encoder_norm_as_norm=options.encoder_norm_as_norm,
+    )
+    head = backbone_state.get("head.projection.weight", backbone_state.get("head.fc.weight"))
+    num_classes = head.shape[0] if head is not None else 0
+    config = hiera_backbone_config(architecture.init_args, num_classes) if architecture is not None else None
+    written = WRITERS["Hiera"][format](out, backbone_state, config, _source_info(source))
+    _print_report(report, source.prefix)
+    print(f"wrote {out} ({format}: {_describe(backbone_state)})")
+    _print_loading(written.loads, unknown=architecture is None)
+    return [written.path]
+
+
+def _export_vit(source: Source, format: str, out: Path, options: ExportOptions, family: str) -> list[Path]:
+    """MAViL's audio and/or video encoder (or one exported encoder)."""
+    from unveil.models.convert import MAVIL_ENCODERS, mavil_export_report
+
+    model = source.model
+    if format not in WRITERS["ViT"]:
+        raise ValueError(
+            f"{source.name} holds ViT encoders ({family}), not a Hiera: --format {format} does not "
+            f"apply (use {', '.join(WRITERS['ViT'])})"
+        )
+    if options.keep_head or options.encoder_norm_as_norm:
         raise ValueError("--keep-head and --encoder-norm-as-norm apply to Hiera checkpoints")
     if model is None:
         raise ValueError(
-            f"'{source.path}' records no architecture and no config.yaml was found beside it: "
+            f"{source.name} records no architecture and no config.yaml was found beside it: "
             "give --config (the run's config.yaml or its recipe) or --model (e.g. mavil_vit_base_patch16)"
         )
-    state = source.model_state
-    _check_against(source, state, model.state_dict(), architecture, None)
-    model.load_state_dict(state, strict=True, assign=True)  # the meta model takes the checkpoint's tensors
+    if not _holds_weights(source):  # check the weights, then the model (on the meta device) takes them
+        state = source.model_state
+        _check_against(source, state, model.state_dict(), None)
+        model.load_state_dict(state, strict=True, assign=True)
 
-    out = Path(args.out)
     if family == "MAViL":
-        chosen = MAVIL_ENCODERS if args.encoder in (None, "both") else (args.encoder,)
-        _print_report(mavil_export_report(source.state, chosen, args.format, source.prefix), source.prefix)
+        chosen = MAVIL_ENCODERS if options.encoder in (None, "both") else (options.encoder,)
+        _print_report(mavil_export_report(source.state, chosen, format, source.prefix), source.prefix)
         targets = [
             (m, out.with_name(f"{out.stem}.{m}{out.suffix}") if len(chosen) > 1 else out) for m in chosen
         ]
     else:
-        if args.encoder not in (None, "both"):
-            raise ValueError(f"--encoder: '{source.path}' holds a single encoder")
+        if options.encoder not in (None, "both"):
+            raise ValueError(f"--encoder: {source.name} holds a single encoder")
         targets = [(None, out)]
     written, loads = [], []
     for modality, path in targets:
-        encoder_state, kwargs = mavil_encoder_to_timm(model, modality)
         encoder = model if modality is None else getattr(model, f"{modality}_encoder")
         what = f"{modality} encoder" if modality else "encoder"
-        if args.format == "timm":
-            _save_torch(encoder_state, path)
-            loads.append(
-                (
-                    f"timm ({what})",
-                    timm_vit_spec(kwargs),
-                    f"model.load_state_dict(torch.load({str(path)!r}, weights_only=True))",
-                )
-            )
-        else:
-            save_backbone(
-                path,
-                encoder_state,
-                architecture_of(encoder),
-                _source_info(source, architecture),
-                safetensors=args.format == "safetensors",
-            )
-            loads.append(
-                (
-                    f"unveil ({what})",
-                    None,
-                    f"model = unveil.pretrain.checkpoints.build_backbone({str(path)!r})",
-                )
-            )
-        print(f"wrote {path} ({what}, {args.format}: {_describe(encoder_state)})")
-        written.append(path)
+        state = {k: v.detach() for k, v in encoder.state_dict().items()}  # the keys of timm's ViT too
+        files = WRITERS["ViT"][format](path, state, encoder, _source_info(source), what)
+        print(f"wrote {path} ({what}, {format}: {_describe(state)})")
+        loads += files.loads
+        written.append(files.path)
     _print_loading(loads)
     return written
+
+
+def export_backbone(
+    model: nn.Module | Source,
+    format: str,
+    out: str | Path,
+    options: ExportOptions | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """Write the backbone of ``model`` in ``format`` (one of :data:`FORMATS`) to ``out``; returns the written
+    paths (MAViL with both encoders: two files, ``.audio`` / ``.video`` before the suffix of ``out``).
+
+    ``model`` is a model in memory (a Hiera, an MAE, MAViL or one of its encoders, which record their
+    constructor arguments), or a :class:`Source` read from a checkpoint by ``unveil export``. ``state``: the
+    model's weights when the module does not hold them itself (FSDP: the gathered full state dict).
+    ``format`` picks the writer in :data:`WRITERS`. Prints what it kept and dropped and how to load each
+    file. ValueError (one line) for a format the model cannot take.
+    """
+    from unveil.common.checkpoints import architecture_of, build_model
+
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}: one of {', '.join(FORMATS)}")
+    options = options or ExportOptions()
+    out = Path(out)
+    if isinstance(model, Source):
+        source = model
+    else:
+        architecture = architecture_of(model)
+        if architecture is None:
+            raise ValueError(
+                f"{type(model).__name__} does not record its constructor arguments: unveil export supports "
+                "Hiera, MaskedAutoencoderHiera, MAViL and its encoders"
+            )
+        architecture.origin = "the model"
+        if state is None:
+            state = model.state_dict()
+        else:  # weights gathered elsewhere (FSDP's full state dict): a model built on the meta device takes them
+            model = build_model(architecture)
+            model.load_state_dict(state, strict=True, assign=True)
+        source = Source(
+            None, f"the trained {type(model).__name__}", dict(state), "", architecture, model=model
+        )
+    keys_family = _family_of_keys(source.model_state)
+    family = _family_of_model(source.model) if source.model is not None else keys_family
+    if family is None:
+        raise ValueError(f"unveil export does not support {source.architecture.class_path}")
+    if source.model is not None and family != keys_family:
+        raise ValueError(
+            f"{source.name} holds a {keys_family} model but the architecture from "
+            f"{source.architecture.origin} is {source.architecture.class_name}"
+        )
+    if family == "Hiera":
+        return _export_hiera(source, format, out, options)
+    return _export_vit(source, format, out, options, family)
 
 
 # ---------------------------------------------------------------------------------------- command
@@ -573,22 +688,12 @@ def run_export(args: argparse.Namespace) -> list[Path]:
     if out.exists() and out.resolve() == path.resolve():
         raise ValueError(f"--out {out} is the checkpoint itself")
     source = read_source(path)
-    architecture, model = resolve_architecture(source, args.config, args.model)
-    keys_family = _family_of_keys(source.model_state)
-    family = _family_of_model(model) if model is not None else keys_family
-    if family is None:
-        raise ValueError(f"unveil export does not support {architecture.class_path}")
-    if model is not None and family != keys_family:
-        raise ValueError(
-            f"'{path}' holds a {keys_family} model but the architecture from {architecture.origin} is "
-            f"{architecture.class_name}"
-        )
+    source.architecture, source.model = resolve_architecture(source, args.config, args.model)
     print(f"read {path}: {source.description}")
-    if architecture is not None:
-        print(f"architecture: {architecture.class_path} from {architecture.origin}")
-    if family == "Hiera":
-        return export_hiera(source, args, architecture, model)
-    return export_vit(source, args, architecture, model, family)
+    if source.architecture is not None:
+        print(f"architecture: {source.architecture.class_path} from {source.architecture.origin}")
+    options = ExportOptions(args.encoder, args.keep_head, args.encoder_norm_as_norm)
+    return export_backbone(source, args.format, out, options)
 
 
 # ---------------------------------------------------------------------------------------- at the end of a run
@@ -597,11 +702,12 @@ def run_export(args: argparse.Namespace) -> list[Path]:
 class ExportBackbone(pl.Callback):
     """Export the trained backbone when a fit ends, and log it to W&B as a model artifact.
 
-    At the end of training the final state is written to a temporary checkpoint (on every rank: the save is
-    collective under FSDP), then global rank 0 runs ``unveil export`` on it into the run's log folder
-    (``backbone.safetensors`` by default; MAViL: ``backbone.audio.safetensors`` and ``backbone.video...``) and
-    removes the temporary file. With a ``WandbLogger``, the written files become one artifact of type ``model``
-    (name ``backbone-<run id>``, aliases ``latest`` and ``step-<global step>``), offline runs included.
+    At the end of training global rank 0 passes the trained model, from memory, to :func:`export_backbone`,
+    which writes it into the run's log folder (``backbone.safetensors`` by default; MAViL:
+    ``backbone.audio.safetensors`` and ``backbone.video...``). The weights are the strategy's full state dict,
+    collected on every rank (a collective under FSDP). With a ``WandbLogger``, the written files become one
+    artifact of type ``model`` (name ``backbone-<run id>``, aliases ``latest`` and ``step-<global step>``),
+    offline runs included.
 
     Args:
         format: an ``unveil export`` format (``unveil``, ``hiera``, ``timm``, ``sam2``, ``safetensors``).
@@ -609,7 +715,9 @@ class ExportBackbone(pl.Callback):
         log_artifact: log the files to every attached WandbLogger's run.
     """
 
-    def __init__(self, format: str = "safetensors", out: str | None = None, log_artifact: bool = True) -> None:
+    def __init__(
+        self, format: str = "safetensors", out: str | None = None, log_artifact: bool = True
+    ) -> None:
         if format not in FORMATS:
             raise ValueError(f"ExportBackbone.format must be one of {', '.join(FORMATS)}, got {format!r}")
         self.format, self.out, self.log_artifact = format, out, log_artifact
@@ -622,16 +730,13 @@ class ExportBackbone(pl.Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / f"backbone{suffix}"
 
     def on_train_end(self, trainer, pl_module) -> None:
-        out = self._out(trainer)
-        final = out.with_name(f".{out.stem}-final.ckpt")
-        trainer.save_checkpoint(final, weights_only=True)
+        full_state = trainer.strategy.lightning_module_state_dict()  # every rank: gathers under FSDP
         if not trainer.is_global_zero:
             return
-        try:
-            args = build_parser().parse_args([str(final), "--format", self.format, "--out", str(out)])
-            self.written = run_export(args)
-        finally:
-            final.unlink(missing_ok=True)
+        model = pl_module.model
+        prefix = "model."
+        state = {k[len(prefix) :]: v for k, v in full_state.items() if k.startswith(prefix)}
+        self.written = export_backbone(model, self.format, self._out(trainer), state=state)
         if self.log_artifact:
             self._log_artifact(trainer)
 
@@ -645,9 +750,13 @@ class ExportBackbone(pl.Callback):
 
             run = logger.experiment
             artifact = wandb.Artifact(
-                f"backbone-{run.id}", type="model",
-                metadata={"format": self.format, "global_step": trainer.global_step,
-                          "files": [path.name for path in self.written]},
+                f"backbone-{run.id}",
+                type="model",
+                metadata={
+                    "format": self.format,
+                    "global_step": trainer.global_step,
+                    "files": [path.name for path in self.written],
+                },
             )
             for path in self.written:
                 artifact.add_file(str(path))

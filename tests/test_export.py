@@ -22,17 +22,12 @@ from timm.models.hieradet_sam2 import checkpoint_filter_fn as sam2_filter
 from torch.utils.data import DataLoader, Dataset
 from unveil.launch.cli import main
 from unveil.models import MaskedAutoencoderHiera
-from unveil.models.convert import (
-    hiera_backbone_config,
-    official_hiera_spec,
-    official_to_timm,
-    timm_hiera_spec,
-    timm_vit_spec,
-)
+from unveil.common.checkpoints import ARCHITECTURE_KEY, build_backbone, load_backbone
+from unveil.launch.export_targets import official_hiera_spec, timm_hiera_spec, timm_vit_spec
+from unveil.models.convert import hiera_backbone_config, official_to_timm
 from unveil.models.hiera import Hiera, hiera_tiny_224
 from unveil.models.mavil import MAViL, VideoEncoder, mavil_encoder_to_timm
 from unveil.pretrain import MAEPretrainModule, MAViLPretrainModule
-from unveil.pretrain.checkpoints import ARCHITECTURE_KEY, build_backbone, load_backbone
 
 with warnings.catch_warnings():  # hiera-transformer imports timm.models.layers (deprecated)
     warnings.simplefilter("ignore", FutureWarning)
@@ -561,3 +556,41 @@ def test_command_line_mistakes(image_run, tmp_path, capsys):
     shutil.copy(checkpoint, tmp_path / "same.ckpt")
     code, _, err = export(capsys, tmp_path / "same.ckpt", "--format", "timm", "--out", tmp_path / "same.ckpt")
     assert code == 2 and "is the checkpoint itself" in error_line(err)
+
+
+# ------------------------------------------------------------------------------------------------- from memory
+
+
+@pytest.mark.parametrize("fmt", ["unveil", "hiera", "timm", "sam2", "safetensors"])
+def test_export_backbone_from_memory_writes_what_the_command_writes(image_run, tmp_path, capsys, fmt):
+    """``export_backbone(model, format, out)`` (the ExportBackbone callback's path, no checkpoint file) writes
+    the same tensors as ``unveil export`` of the model's checkpoint."""
+    from unveil.common.checkpoints import load_checkpoint_state
+    from unveil.launch.export import export_backbone
+
+    checkpoint, source = image_run
+    code, _, err = export(capsys, checkpoint, "--format", fmt, "--out", tmp_path / "cli.pt")
+    if fmt == "hiera":  # absolute-win: the official package cannot take it, from a file or from memory
+        assert code == 2 and "absolute-win" in error_line(err)
+        with pytest.raises(ValueError, match="absolute-win"):
+            export_backbone(source, fmt, tmp_path / "memory.pt")
+        return
+    assert code == 0, err
+    (written,) = export_backbone(source, fmt, tmp_path / "memory.pt")
+    from_file, from_memory = load_checkpoint_state(tmp_path / "cli.pt"), load_checkpoint_state(written)
+    assert from_file.keys() == from_memory.keys()
+    assert all(torch.equal(from_file[k], from_memory[k]) for k in from_file)
+
+
+def test_export_backbone_from_memory_mavil_and_refusals(mavil_run, tmp_path, capsys):
+    from unveil.launch.export import export_backbone
+
+    _, source = mavil_run
+    written = export_backbone(source, "timm", tmp_path / "mavil.pth")
+    assert [p.name for p in written] == ["mavil.audio.pth", "mavil.video.pth"]
+    audio = torch.load(written[0], weights_only=True)
+    assert all(torch.equal(v, source.audio_encoder.state_dict()[k]) for k, v in audio.items())
+    with pytest.raises(ValueError, match="does not record its constructor arguments"):
+        export_backbone(torch.nn.Linear(2, 2), "timm", tmp_path / "x.pth")
+    with pytest.raises(ValueError, match="unknown export format 'onnx'"):
+        export_backbone(source, "onnx", tmp_path / "x.onnx")
