@@ -391,3 +391,81 @@ def test_validation_under_ddp_sees_each_image_once(coco_dir):
         FakeTrainer.global_rank = rank
         indices += list(iter(data.val_dataloader().sampler))
     assert sorted(indices) == list(range(4))
+
+
+def _predictions_near(target: dict, generator: torch.Generator, size: int = 64) -> dict:
+    """A detector output made from the ground truth: shifted boxes, eroded masks, some wrong classes, random
+    scores and one false positive."""
+    n = target["boxes"].shape[0]
+    masks = target["masks"].clone()
+    masks[:, :, : int(torch.randint(0, 8, (1,), generator=generator))] = 0
+    labels = target["labels"].clone()
+    labels[torch.rand(n, generator=generator) < 0.2] = 1
+    extra_mask = torch.zeros(1, size, size, dtype=torch.uint8)
+    extra_mask[0, 1:20, 1:20] = 1
+    return {
+        "boxes": torch.cat([target["boxes"] + torch.randn(n, 4, generator=generator) * 2,
+                            torch.tensor([[1.0, 1.0, 20.0, 20.0]])]).clamp(0, size),
+        "scores": torch.rand(n + 1, generator=generator),
+        "labels": torch.cat([labels, torch.tensor([2])]),
+        "masks": torch.cat([masks, extra_mask])[:, None].float(),
+    }
+
+
+@pytest.mark.parametrize(
+    "shares",
+    [
+        pytest.param([[0, 2, 4], [1, 3, 5]], id="halves"),
+        # 5 images on 2 ranks, as the validation sampler divides them (no padding repeats): 3 and 2.
+        # torchmetrics' MeanAveragePrecision gathers its per-image list states with one all_gather per list
+        # element and interleaves the ranks' mask lists, so it needs the same image count on every rank:
+        # gloo stops with a collective mismatch. The fix belongs in DetectionFineTune (gather the ranks'
+        # metric inputs as objects, then update one unsynced metric).
+        pytest.param([[0, 2, 4], [1, 3]], id="uneven",
+                     marks=pytest.mark.xfail(strict=True, reason="torchmetrics' gather needs equal image counts")),
+    ],
+)
+def test_coco_ap_over_two_ranks_equals_one_process(coco_dir, tmp_path, shares):
+    """DDP evaluation: the metric of DetectionFineTune, updated on 2 gloo processes with half the images each,
+    gives after compute() the AP one process computes on all of them."""
+    from unveil.datasets.coco import CocoInstances
+    from unveil.finetune.detection import DetectionFineTune, metric_inputs
+
+    dataset = CocoInstances(coco_dir / "train", coco_dir / "annotations" / "instances_train.json", None,
+                            train=False)
+    used = sorted(i for share in shares for i in share)
+    generator = torch.Generator().manual_seed(0)
+    preds, targets = [], []
+    for index in used:
+        target = dataset[index]["target"]
+        pred, gt = metric_inputs([_predictions_near(target, generator)], [target])
+        preds += pred
+        targets += gt
+    single = DetectionFineTune._new_metric()
+    single.update(preds, targets)
+    expected = {k: float(v) for k, v in single.compute().items() if torch.is_tensor(v) and v.numel() == 1}
+    assert 0.05 < expected["bbox_map"] < 0.95 and 0.05 < expected["segm_map"] < 0.95, "AP that can move"
+
+    inputs = tmp_path / "inputs.pt"
+    torch.save({"preds": preds, "targets": targets, "shares": shares}, inputs)
+    out = tmp_path / "ranks.json"
+    worker = Path(__file__).with_name("detection_ddp_worker.py")
+    processes = [
+        subprocess.Popen([sys.executable, str(worker), str(rank), "2", str(tmp_path / "init"), str(inputs),
+                          str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in range(2)
+    ]
+    logs = []
+    for process in processes:
+        try:
+            logs.append(process.communicate(timeout=120)[0])
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            pytest.fail("the ranks hung in the metric's gather")
+    assert all(p.returncode == 0 for p in processes), "\n".join(log[-2000:] for log in logs)
+    gathered = json.loads(out.read_text())
+    for key in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large"):
+        for iou_type in ("bbox", "segm"):
+            name = f"{iou_type}_{key}"
+            assert gathered[name] == pytest.approx(expected[name], abs=1e-6), name
