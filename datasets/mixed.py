@@ -30,6 +30,7 @@ from itertools import accumulate
 import torch
 from torch.utils.data import DataLoader, Dataset
 from unveil.datasets.common import ResumableLoader, ResumableSampler, SeededSamples, derive_seed
+from unveil.datasets.loading import CarrySkips
 
 __all__ = ["MixedLoader", "MixedSources", "WeightedMix", "WeightedMixSampler", "normalised_weights"]
 
@@ -245,6 +246,8 @@ class MixedLoader(ResumableLoader):
         if not isinstance(mix, MixedSources):
             mix = MixedSources(mix)  # type: ignore[arg-type]
         sampler = WeightedMixSampler(mix.sizes, weights, batch_size, seed, world_size, rank, epoch_samples)
+        # the workers' skip counts travel with the batches (ResumableLoader adds them to mix's counter here)
+        kwargs["collate_fn"] = CarrySkips.wrap(kwargs.get("collate_fn"), mix)
         DataLoader.__init__(
             self, SeededSamples(mix), batch_size=batch_size, sampler=sampler, drop_last=True, **kwargs
         )

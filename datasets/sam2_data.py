@@ -33,6 +33,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+from unveil.datasets.loading import CountingLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -243,7 +244,7 @@ class SAM2DataModule(L.LightningDataModule):
             self.val_set = VOSValVideos(folder, self.val_videos)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        return CountingLoader(  # brings the workers' skip counts to this process (SkipCounterCallback)
             self.train_set,
             batch_size=self.batch_size,
             shuffle=True,
