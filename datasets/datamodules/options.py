@@ -32,7 +32,7 @@ def _require(owner: str, argument: str, ok: bool, expected: str, value: object) 
         raise ValueError(f"{owner}.{argument} must be {expected}, got {value!r}")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ShardOptions:
     """How the training shards are read (with ``shards``; folder/CSV sources ignore it).
 
@@ -59,7 +59,7 @@ class ShardOptions:
         _require(owner, "shuffle_buffer", self.shuffle_buffer >= 0, ">= 0", self.shuffle_buffer)
 
 
-@dataclass(frozen=True)
+@dataclass
 class SkipPolicy:
     """What happens to samples that fail to decode: they are skipped and counted per reason; this says when
     the run stops and where the skips are listed.
