@@ -8,6 +8,8 @@ resident set, which only grows, so read the CPU figure of the second row as an u
 
     python benchmarks/detection_step.py                       # Hiera-B, 1024, batch 2, on the GPU if any
     python benchmarks/detection_step.py --size tiny --image-size 256 --steps 1   # a CPU smoke run
+    /usr/bin/time -v python benchmarks/detection_step.py --execution windowed --warmup 0 --steps 1
+                                # one trunk per process, so the peak RSS is that trunk's own
 """
 
 from __future__ import annotations
@@ -81,13 +83,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (the recipes' bf16-mixed)")
+    parser.add_argument("--execution", choices=("windowed", "maskunit", "both"), default="both",
+                        help="one trunk only (its own peak RSS on the CPU), or both side by side")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"Mask R-CNN training step: Hiera {args.size}, {args.image_size}x{args.image_size}, batch "
           f"{args.batch_size}, {'bf16 autocast' if args.bf16 else 'fp32'}, {device}")
     rows = []
-    for execution in ("windowed", "maskunit"):
+    executions = ("windowed", "maskunit") if args.execution == "both" else (args.execution,)
+    for execution in executions:
         seconds, memory = run(execution, args, device)
         rows.append((execution, seconds, memory))
         if device.type == "cuda":
