@@ -322,31 +322,67 @@ def test_windowed_backbone_from_a_sam2_trunk_state_dict_equals_sam2(resolution):
         assert (a - b).abs().max().item() <= 1e-4
 
 
+def _unveil(cwd: Path, *args):
+    result = subprocess.run([str(UNVEIL), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                            timeout=1800, check=False)
+    assert result.returncode == 0, (args, result.stderr[-3000:])
+    return result
+
+
+@pytest.fixture(scope="module")
+def quickstart_abswin_export(tmp_path_factory) -> Path:
+    """The README's detection chain up to the export, shortened: the abs-win MAE quickstart for 2 steps, then
+    ``unveil export --format unveil``; the absolute path of the export."""
+    root = tmp_path_factory.mktemp("quickstart_abswin")
+    _unveil(root, "synth", "images", "--out", "data/shapes", "--train_per_class", "4", "--val_per_class", "1",
+            "--size", "128")
+    _unveil(root, "fit", "--config", "quickstart", "--config", "presets/abswin", "--trainer.max_steps", "2",
+            "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+            "--trainer.val_check_interval", "2", "--trainer.callbacks+=unveil.pretrain.resume.PeriodicCheckpoint",
+            "--trainer.callbacks.every_n_train_steps=2", "--trainer.callbacks.save_last=true")
+    last = next(root.glob("runs/quickstart/version_*/checkpoints/last.ckpt"))
+    _unveil(root, "export", last, "--format", "unveil", "--out", "exports/quickstart_abswin.pt")
+    return root / "exports" / "quickstart_abswin.pt"
+
+
 @pytest.mark.slow
-def test_quickstart_hieradet_chain_through_the_cli(tmp_path):
+def test_quickstart_hieradet_chain_through_the_cli(tmp_path, quickstart_abswin_export):
     """The README's detection chain, shortened: abs-win MAE quickstart, export, synth coco, quickstart_hieradet."""
-
-    def unveil(*args):
-        result = subprocess.run([str(UNVEIL), *map(str, args)], capture_output=True, text=True, cwd=tmp_path,
-                                timeout=1800, check=False)
-        assert result.returncode == 0, (args, result.stderr[-3000:])
-        return result
-
-    unveil("synth", "images", "--out", "data/shapes", "--train_per_class", "4", "--val_per_class", "1", "--size", "128")
-    unveil("fit", "--config", "quickstart", "--config", "presets/abswin", "--trainer.max_steps", "2",
-           "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--trainer.val_check_interval", "2",
-           "--trainer.callbacks+=unveil.pretrain.resume.PeriodicCheckpoint",
-           "--trainer.callbacks.every_n_train_steps=2", "--trainer.callbacks.save_last=true")
-    last = next(tmp_path.glob("runs/quickstart/version_*/checkpoints/last.ckpt"))
-    unveil("export", last, "--format", "unveil", "--out", "exports/quickstart_abswin.pt")
-    unveil("synth", "coco", "--out", "data/coco_shapes", "--size", "128", "--train_images", "4", "--val_images", "2")
-    result = unveil("fit", "--config", "quickstart_hieradet", "--model.init_args.init_checkpoint",
-                    "exports/quickstart_abswin.pt", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
-                    "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-                    "--model.init_args.log_images_every_n_steps", "1")
+    _unveil(tmp_path, "synth", "coco", "--out", "data/coco_shapes", "--size", "128", "--train_images", "4",
+            "--val_images", "2")
+    result = _unveil(tmp_path, "fit", "--config", "quickstart_hieradet", "--model.init_args.init_checkpoint",
+                     quickstart_abswin_export, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+                     "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+                     "--model.init_args.log_images_every_n_steps", "1")
     assert "trunk keys loaded" in result.stdout
     run = next(tmp_path.glob("runs/quickstart_hieradet/version_*"))
     assert list((run / "detections").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_detection_proof_from_an_export_and_from_a_random_trunk(tmp_path, quickstart_abswin_export):
+    """benchmarks/detection_proof.py with 2 steps: both runs through `unveil fit`, the export loaded only into
+    the first, box and mask AP of both printed and written as JSON."""
+    _unveil(tmp_path, "synth", "coco", "--out", "coco", "--size", "128", "--train_images", "4", "--val_images", "2")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "detection_proof.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--init", str(quickstart_abswin_export), "--data", "coco", "--steps", "2",
+         "--eval-every", "2", "--work", "work", "--json", "proof.json", "--",
+         "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=1800, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("trunk keys loaded") == 1, "the export goes into the pretrained run only"
+    assert "bbox_AP" in result.stdout and "segm_AP" in result.stdout
+    proof = json.loads((tmp_path / "proof.json").read_text())
+    assert proof["steps"] == 2 and proof["init"] == str(quickstart_abswin_export)
+    for name in ("pretrained", "random"):
+        assert set(proof["final"][name]) == {f"{iou}_{key}" for iou in ("bbox", "segm")
+                                             for key in ("AP", "AP_50", "AP_75")}
+        assert all(0.0 <= value <= 1.0 or value == -1.0 for value in proof["final"][name].values())
+        assert proof["curves"][name]["val/bbox_AP"][-1][0] == 2
+    assert "--model.init_args.init_checkpoint" in proof["commands"]["pretrained"]
+    assert "--model.init_args.init_checkpoint" not in proof["commands"]["random"]
 
 
 def test_coco_shards_give_the_samples_of_the_folder(coco_dir, tmp_path):
