@@ -1,5 +1,7 @@
 """Detection (issue 14): generated COCO data, the COCO reader and LSJ, the Hiera Mask R-CNN, trunk
-initialisation, the schedule, COCO AP against pycocotools, and SAM 2 trunk parity."""
+initialisation, the schedule, COCO AP against pycocotools, COCO AP over 2 gloo ranks against one process
+(tests/detection_ddp_worker.py), and, slow: SAM 2 trunk parity, the README's quickstart chain and
+benchmarks/detection_proof.py."""
 
 from __future__ import annotations
 
