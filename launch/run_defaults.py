@@ -12,7 +12,8 @@ is derived from the recipe's file name ``NAME`` (``mae_hiera_b_in1k``, or ``my_r
 - ``trainer.callbacks``: the best checkpoint by ``val/loss`` and ``last.ckpt`` (ModelCheckpoint), ``last.ckpt``
   every 1000 steps and at the end (``PeriodicCheckpoint``), both in ``<run folder>/checkpoints`` whatever the
   logger; the skip counter (``SkipCounterCallback``); effective epochs under repeated sampling
-  (``EffectiveEpochs``).
+  (``EffectiveEpochs``); for the MAE recipes (labelled IN-1K and K400 data) the online linear and kNN probes
+  (``OnlineProbes``, every 10th batch).
 
 They are parser defaults: ``--print_config`` shows them resolved, ``--key value`` overrides them, and a recipe
 that sets ``trainer.logger`` or ``trainer.callbacks`` (the quickstarts do) replaces that part. To get a
@@ -31,6 +32,7 @@ PROJECT = "unveil"
 CHECKPOINT_EVERY_N_STEPS = 1000
 """A preempted or crashed job loses at most this many optimiser steps."""
 SKIP_COUNTER_EVERY_N_BATCHES = 50
+ONLINE_PROBE_EVERY_N_STEPS = 10  # training batches between two online-probe updates (MAE recipes)
 
 
 def recipe_tags(name: str) -> list[str]:
@@ -101,8 +103,23 @@ def run_defaults(recipe: str | Path, default_root_dir: str | None = None) -> dic
                 },
             },
             {"class_path": "unveil.pretrain.progress.EffectiveEpochs"},
+            *_online_probes(name),
         ],
     }
+
+
+def _online_probes(name: str) -> list[dict[str, Any]]:
+    """OnlineProbes for the MAE recipes, whose data are labelled (IN-1K, K400): ``probe/linear_top1`` and
+    ``probe/knn_top1`` at each validation. The extra eval forward runs on every 10th batch only (a few per cent
+    of a step's cost at these sizes)."""
+    if not name.startswith("mae_hiera"):
+        return []
+    return [
+        {
+            "class_path": "unveil.finetune.probes.OnlineProbes",
+            "init_args": {"backbone": "model", "every_n_steps": ONLINE_PROBE_EVERY_N_STEPS},
+        }
+    ]
 
 
 def _command_line_root(argv: Sequence[str]) -> str | None:
