@@ -505,7 +505,22 @@ def config_text(job: Job) -> str:
 
     header = (f"# Resolved by `unveil slurm` (config pinned for resuming); the job runs\n"
               f"#   unveil fit --config {job.config_path}\n")
-    return header + yaml.safe_dump(job.config, sort_keys=False, default_flow_style=None)
+    return header + yaml.safe_dump(_plain(job.config), sort_keys=False, default_flow_style=None)
+
+
+def _plain(value):
+    """``value`` with jsonargparse's restricted numbers (``PositiveInt`` and the like: subclasses of int and
+    float, which ``yaml.safe_dump`` refuses) and tuples turned into the plain YAML types."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if type(value) in (bool, int, float, str):
+        return value
+    for kind in (int, float, str):  # bool is an int subclass, caught above
+        if isinstance(value, kind):
+            return kind(value)
+    return value
 
 
 def check_saved_config(path: Path) -> None:
