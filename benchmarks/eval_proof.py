@@ -37,13 +37,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_runs import unveil_command
+
 STARTS = ("pretrained", "random init")
-
-
-def unveil_command() -> list[str]:
-    """The ``unveil`` console script of this interpreter's environment (else ``python -m``)."""
-    script = Path(sys.executable).with_name("unveil")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "unveil.launch.cli"]
 
 
 def last_metric(folder: Path, key: str) -> float:
