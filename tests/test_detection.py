@@ -1,7 +1,7 @@
 """Detection (issue 14): generated COCO data, the COCO reader and LSJ, the Hiera Mask R-CNN, trunk
 initialisation, the schedule, COCO AP against pycocotools, COCO AP over 2 gloo ranks against one process
 (tests/detection_ddp_worker.py), and, slow: SAM 2 trunk parity, the README's quickstart chain and
-benchmarks/detection_proof.py."""
+benchmarks/detection_proof.py, quickstart_hieradet on 2 CPU ranks through the CLI."""
 
 from __future__ import annotations
 
@@ -507,3 +507,41 @@ def test_coco_ap_over_two_ranks_equals_one_process(coco_dir, tmp_path, shares):
         for iou_type in ("bbox", "segm"):
             name = f"{iou_type}_{key}"
             assert gathered[name] == pytest.approx(expected[name], abs=1e-6), name
+
+
+def _fit_on_two_cpu_ranks(cwd: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(UNVEIL), "fit", "--config", "quickstart_hieradet", "--config", "presets/ddp", "--trainer.devices", "2",
+         "--trainer.accelerator", "cpu", "--data.init_args.root", "coco", "--trainer.max_steps", "2",
+         "--trainer.val_check_interval", "2", "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+         *extra],
+        capture_output=True, text=True, cwd=cwd, timeout=timeout, check=False,
+    )
+
+
+@pytest.mark.slow
+def test_fit_on_two_cpu_ranks_logs_coco_ap(tmp_path):
+    """quickstart_hieradet on 2 CPU ranks (gloo) through the CLI, 4 validation images (2 per rank): the
+    evaluation gathers both ranks and logs box and mask AP."""
+    _unveil(tmp_path, "synth", "coco", "--out", "coco", "--size", "128", "--train_images", "4", "--val_images", "4")
+    result = _fit_on_two_cpu_ranks(tmp_path, "--model.init_args.log_images_every_n_steps", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import plot_probe_curve
+
+    scalars = plot_probe_curve.read_scalars(tmp_path / "runs" / "quickstart_hieradet")
+    assert "val/bbox_AP" in scalars and "val/segm_AP" in scalars
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="DetectionFineTune.log_pictures runs on rank 0 only and reads "
+                   "trainer.log_dir, which broadcasts: rank 0 waits for rank 1 forever")
+def test_fit_on_two_cpu_ranks_draws_pictures(tmp_path):
+    _unveil(tmp_path, "synth", "coco", "--out", "coco", "--size", "128", "--train_images", "4", "--val_images", "4")
+    try:
+        # about 20 s without pictures on this machine; the hang is cut short
+        result = _fit_on_two_cpu_ranks(tmp_path, "--model.init_args.log_images_every_n_steps", "1", timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the ranks hung")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "runs" / "quickstart_hieradet").glob("version_*/detections/*.png"))
