@@ -19,31 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the TensorBoard reader
 import plot_probe_curve
+from cli_runs import run, unveil_command
 
 RUNS = ("pretrained", "random")
 TAGS = tuple(f"val/{iou}_{key}" for iou in ("bbox", "segm") for key in ("AP", "AP_50", "AP_75"))
-
-
-def unveil_command() -> list[str]:
-    beside = Path(sys.executable).parent / "unveil"
-    found = str(beside) if beside.is_file() else shutil.which("unveil")
-    if found is None:
-        raise SystemExit("the 'unveil' command is not installed (pip install -e .)")
-    return [found]
-
-
-def run(command: list[str]) -> None:
-    print("$", " ".join(command), flush=True)
-    result = subprocess.run(command, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"command failed ({result.returncode}): {' '.join(command)}")
 
 
 def fit(name: str, args, extra: list[str]) -> tuple[list[str], dict[str, list[tuple[int, float]]]]:
