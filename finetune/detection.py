@@ -17,6 +17,7 @@ before computing, so under DDP the AP covers the whole validation set.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,6 +95,28 @@ def warmup_step_lr(
 # ---------------------------------------------------------------------------------------------- module
 
 
+def compute_map(metric) -> dict:
+    """COCO AP of a ``MeanAveragePrecision`` over the images of every rank, however many each evaluated.
+
+    Under DDP each rank's accumulated detections and targets are gathered as objects into one fresh metric
+    (torchmetrics' own sync all-gathers one tensor per image, which needs equal image counts on all ranks).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return metric.compute()
+    cpu = lambda value: value.cpu() if torch.is_tensor(value) else value
+    state = {name: [cpu(item) for item in getattr(metric, name)] for name in metric._defaults}
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    merged = copy.deepcopy(metric)  # the same settings; its states replaced by every rank's
+    merged.sync_on_compute = False
+    for name in merged._defaults:
+        setattr(merged, name, [item for rank_state in states for item in rank_state[name]])
+    merged._update_count = 1  # compute() warns on a metric never updated
+    return merged.compute()
+
+
 class DetectionFineTune(L.LightningModule):
     """Fine-tunes a :class:`~unveil.models.detection.HieraMaskRCNN` on detection batches
     (``{"image": list, "target": list, "key": list}``, see :mod:`unveil.datasets.coco`).
@@ -148,12 +171,18 @@ class DetectionFineTune(L.LightningModule):
             )
         self.map_metric = self._new_metric()
         self.vis_batch: dict | None = None
+        self._picture_root: Path | None = None
+
+    def on_fit_start(self) -> None:
+        # trainer.log_dir broadcasts, so every rank asks for it here; only rank 0 draws (log_pictures)
+        self._picture_root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
     @staticmethod
     def _new_metric():
         from torchmetrics.detection import MeanAveragePrecision
 
-        return MeanAveragePrecision(backend="faster_coco_eval", iou_type=("bbox", "segm"))
+        # gathered by compute_map: torchmetrics' own sync needs the same number of images on every rank
+        return MeanAveragePrecision(backend="faster_coco_eval", iou_type=("bbox", "segm"), sync_on_compute=False)
 
     # ---------------------------------------------------------------------------------------- training
 
@@ -180,7 +209,7 @@ class DetectionFineTune(L.LightningModule):
         self.map_metric.update(*metric_inputs(predictions, batch["target"]))
 
     def on_validation_epoch_end(self) -> None:
-        result = self.map_metric.compute()  # gathers every rank's state first
+        result = compute_map(self.map_metric)  # every rank's images
         self.map_metric.reset()
         for iou_type in ("bbox", "segm"):
             for key in AP_KEYS:
@@ -220,7 +249,7 @@ class DetectionFineTune(L.LightningModule):
                   zip(images, predictions)]
         panels = [nn.functional.pad(p, (0, side - p.shape[-1], 0, side - p.shape[-2])) for p in panels]
         grid = make_grid(torch.stack(panels).float() / 255, nrow=len(panels), padding=2)
-        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        root = self._picture_root or Path(self.trainer.log_dir or self.trainer.default_root_dir)
         path = save_grid(grid, root / "detections" / f"step_{self.global_step:07d}.png")
         send_to_loggers(self.loggers, "val/detections", grid, self.global_step)
         return path

@@ -23,7 +23,7 @@ def main() -> None:
     init_file, inputs_path, out_path = sys.argv[3], sys.argv[4], sys.argv[5]
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
-        from unveil.finetune.detection import DetectionFineTune
+        from unveil.finetune.detection import DetectionFineTune, compute_map
 
         inputs = torch.load(inputs_path, weights_only=True)
         mine = inputs["shares"][rank]
@@ -31,7 +31,7 @@ def main() -> None:
         for start in range(0, len(mine), 2):
             indices = mine[start : start + 2]
             metric.update([inputs["preds"][i] for i in indices], [inputs["targets"][i] for i in indices])
-        result = metric.compute()
+        result = compute_map(metric)
         if rank == 0:
             scalars = {k: float(v) for k, v in result.items() if torch.is_tensor(v) and v.numel() == 1}
             with open(out_path, "w") as handle:

@@ -455,12 +455,9 @@ def _predictions_near(target: dict, generator: torch.Generator, size: int = 64) 
     [
         pytest.param([[0, 2, 4], [1, 3, 5]], id="halves"),
         # 5 images on 2 ranks, as the validation sampler divides them (no padding repeats): 3 and 2.
-        # torchmetrics' MeanAveragePrecision gathers its per-image list states with one all_gather per list
-        # element and interleaves the ranks' mask lists, so it needs the same image count on every rank:
-        # gloo stops with a collective mismatch. The fix belongs in DetectionFineTune (gather the ranks'
-        # metric inputs as objects, then update one unsynced metric).
-        pytest.param([[0, 2, 4], [1, 3]], id="uneven",
-                     marks=pytest.mark.xfail(strict=True, reason="torchmetrics' gather needs equal image counts")),
+        # torchmetrics' own sync (one all_gather per image) needs the same image count on every rank;
+        # compute_map gathers the ranks' states as objects instead.
+        pytest.param([[0, 2, 4], [1, 3]], id="uneven"),
     ],
 )
 def test_coco_ap_over_two_ranks_equals_one_process(coco_dir, tmp_path, shares):
@@ -534,8 +531,6 @@ def test_fit_on_two_cpu_ranks_logs_coco_ap(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="DetectionFineTune.log_pictures runs on rank 0 only and reads "
-                   "trainer.log_dir, which broadcasts: rank 0 waits for rank 1 forever")
 def test_fit_on_two_cpu_ranks_draws_pictures(tmp_path):
     _unveil(tmp_path, "synth", "coco", "--out", "coco", "--size", "128", "--train_images", "4", "--val_images", "4")
     try:
