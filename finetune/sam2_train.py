@@ -373,11 +373,13 @@ class SAM2FineTune(L.LightningModule):
         self.log("val/J", j_mean)
         self.log("val/F", f_mean)
         self.log("val/J&F", (j_mean + f_mean) / 2, prog_bar=True)
+        # trainer.log_dir broadcasts, so every rank asks for it; only rank 0 draws
+        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if self.hparams.vis_frames and self._vis is not None and self.trainer.is_global_zero:
-            self.log_pictures(*self._vis)
+            self.log_pictures(*self._vis, root=root)
 
     @torch.no_grad()
-    def log_pictures(self, video: dict, pred: torch.Tensor) -> Path | None:
+    def log_pictures(self, video: dict, pred: torch.Tensor, root: Path | None = None) -> Path | None:
         """Truth (top) and prediction (bottom) over the first frames of a validation video."""
         from PIL import Image
         from torchvision.utils import draw_segmentation_masks, make_grid
@@ -400,7 +402,7 @@ class SAM2FineTune(L.LightningModule):
                 )
                 row.append(drawn)
         grid = make_grid(torch.stack(rows[0] + rows[1]).float() / 255, nrow=count, padding=2)
-        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        root = root if root is not None else Path(self.trainer.log_dir or self.trainer.default_root_dir)
         path = save_grid(grid, root / "masks" / f"step_{self.global_step:07d}.png")
         send_to_loggers(self.loggers, "val/masks", grid, self.global_step)
         return path
