@@ -24,3 +24,26 @@ def run(command: list[str]) -> None:
     result = subprocess.run(command, check=False)
     if result.returncode != 0:
         raise SystemExit(f"command failed ({result.returncode}): {' '.join(command)}")
+
+
+def fit_command(recipe: str, root: Path, data: Path, seed: int, steps: int, eval_every: int) -> list[str]:
+    """``unveil fit --config RECIPE`` for a proof run: its own run folder (``root``, the logger's too), seed,
+    data folder, step budget and validation interval."""
+    return [
+        *unveil_command(),
+        "fit",
+        "--config",
+        recipe,
+        "--seed_everything",
+        str(seed),
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_check_interval",
+        str(eval_every),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger.init_args.save_dir",
+        str(root),
+        "--data.init_args.root",
+        str(data),
+    ]

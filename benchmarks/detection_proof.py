@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the TensorBoard reader
 import plot_probe_curve
-from cli_runs import run, unveil_command
+from cli_runs import fit_command, run, unveil_command
 
 RUNS = ("pretrained", "random")
 TAGS = tuple(f"val/{iou}_{key}" for iou in ("bbox", "segm") for key in ("AP", "AP_50", "AP_75"))
@@ -35,24 +35,7 @@ def fit(name: str, args, extra: list[str]) -> tuple[list[str], dict[str, list[tu
     root = args.work / name
     if root.exists():
         shutil.rmtree(root)
-    command = [
-        *unveil_command(),
-        "fit",
-        "--config",
-        "quickstart_hieradet",
-        "--seed_everything",
-        str(args.seed),
-        "--trainer.max_steps",
-        str(args.steps),
-        "--trainer.val_check_interval",
-        str(args.eval_every),
-        "--trainer.default_root_dir",
-        str(root),
-        "--trainer.logger.init_args.save_dir",
-        str(root),
-        "--data.init_args.root",
-        str(args.data),
-    ]
+    command = fit_command("quickstart_hieradet", root, args.data, args.seed, args.steps, args.eval_every)
     if name == "pretrained" and args.init is not None:
         command += ["--model.init_args.init_checkpoint", str(args.init)]
     run(command + extra)

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the TensorBoard reader and the Pillow plot of the probe curves
 import plot_probe_curve
-from cli_runs import run, unveil_command
+from cli_runs import fit_command, run, unveil_command
 
 TAG = "val/J&F"
 RUNS = {"pretrained": ((214, 39, 40), "pretrained trunk"), "random": ((31, 119, 180), "random trunk")}
@@ -33,24 +33,7 @@ def fit(name: str, args, extra: list[str]) -> list[tuple[int, float]]:
     root = args.work / name
     if root.exists():
         shutil.rmtree(root)
-    command = [
-        *unveil_command(),
-        "fit",
-        "--config",
-        "quickstart_sam2",
-        "--seed_everything",
-        str(args.seed),
-        "--trainer.max_steps",
-        str(args.steps),
-        "--trainer.val_check_interval",
-        str(args.eval_every),
-        "--trainer.default_root_dir",
-        str(root),
-        "--trainer.logger.init_args.save_dir",
-        str(root),
-        "--data.init_args.root",
-        str(args.data),
-    ]
+    command = fit_command("quickstart_sam2", root, args.data, args.seed, args.steps, args.eval_every)
     if name == "pretrained" and args.trunk is not None:
         command += ["--model.init_args.init_trunk", str(args.trunk)]
     run(command + extra)
