@@ -166,7 +166,7 @@ def split_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[li
 
 
 def plain(value):
-    """The parsed config as YAML-safe data (tuples as lists, paths as strings).
+    """The parsed config as YAML-safe data (tuples as lists, paths as strings, restricted numbers as numbers).
 
     Values that only a Python default can give (an object from LightningCLI's ``trainer_defaults``, say) are
     dropped, so the same default applies again when ``unveil fit`` reads the file.
@@ -186,8 +186,11 @@ def plain(value):
         return plain(value.value)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if value is None or isinstance(value, (str, bool, int, float)):
+    if value is None or type(value) in (str, bool, int, float):
         return value
+    for kind in (str, int, float):  # subclasses (jsonargparse's PositiveInt, ...), which yaml.safe_dump refuses
+        if isinstance(value, kind):
+            return kind(value)
     return _DROP
 
 
@@ -505,22 +508,7 @@ def config_text(job: Job) -> str:
 
     header = (f"# Resolved by `unveil slurm` (config pinned for resuming); the job runs\n"
               f"#   unveil fit --config {job.config_path}\n")
-    return header + yaml.safe_dump(_plain(job.config), sort_keys=False, default_flow_style=None)
-
-
-def _plain(value):
-    """``value`` with jsonargparse's restricted numbers (``PositiveInt`` and the like: subclasses of int and
-    float, which ``yaml.safe_dump`` refuses) and tuples turned into the plain YAML types."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if type(value) in (bool, int, float, str):
-        return value
-    for kind in (int, float, str):  # bool is an int subclass, caught above
-        if isinstance(value, kind):
-            return kind(value)
-    return value
+    return header + yaml.safe_dump(job.config, sort_keys=False, default_flow_style=None)
 
 
 def check_saved_config(path: Path) -> None:
