@@ -49,6 +49,7 @@ _EXPORTS = {
     "AudioVideoDataModule": "datamodules",
     "ImageDataModule": "datamodules",
     "VideoDataModule": "datamodules",
+    "FbankOptions": "datamodules",
     "ShardOptions": "datamodules",
     "SkipPolicy": "datamodules",
     "ImageFolderDataset": "image",
@@ -100,6 +101,7 @@ __all__ = [
     "BadSample",
     "ClassIndex",
     "EncodeOptions",
+    "FbankOptions",
     "FbankTransform",
     "FrameFolder",
     "FullWindowVideoDataset",
@@ -170,6 +172,7 @@ if TYPE_CHECKING:
     from unveil.datasets.datamodules import (
         AudioDataModule,
         AudioVideoDataModule,
+        FbankOptions,
         ImageDataModule,
         ShardOptions,
         SkipPolicy,

@@ -242,6 +242,8 @@ def test_audio_defaults_are_audiomae_pretraining():
 
     for cls in (AudioDataset, AudioDataModule, AudioVideoDataModule, AudioVideoPipeline):
         defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+        if "fbank" in defaults:  # the DataModules hold them in FbankOptions
+            defaults.update(vars(defaults["fbank"]))
         assert (defaults["freqm"], defaults["timem"], defaults["gain"]) == (0, 0, True), cls.__name__
         assert defaults.get("time_shift", False) is False, cls.__name__
     assert "time_shift" not in inspect.signature(AudioVideoPipeline).parameters  # it would break the alignment
@@ -379,8 +381,7 @@ def test_audio_datamodule_batches(tmp_path):
         class_index=str(root / "class_labels_indices.csv"),
         val_manifest=str(root / "val_audio.json"),
         target_length=128,
-        freqm=8,
-        timem=16,
+        fbank={"freqm": 8, "timem": 16},
         batch_size=2,
         num_workers=0,
     )
@@ -402,8 +403,8 @@ def test_audio_datamodule_errors_name_the_argument(tmp_path):
         ({}, "set manifest"),
         ({"manifest": str(tmp_path / "nope.csv")}, "AudioDataModule.manifest: .* does not exist"),
         ({"root": str(tmp_path), "val_split": None}, "AudioDataModule.train_split"),
-        ({"manifest": __file__, "freqm": -1}, "AudioDataModule.freqm must be >= 0"),
-        ({"manifest": __file__, "norm_std": 0.0}, "AudioDataModule.norm_std must be > 0"),
+        ({"manifest": __file__, "fbank": {"freqm": -1}}, "AudioDataModule.fbank.freqm must be >= 0"),
+        ({"manifest": __file__, "fbank": {"norm_std": 0.0}}, "AudioDataModule.fbank.norm_std must be > 0"),
         ({"manifest": __file__, "target_length": 0}, "AudioDataModule.target_length"),
         ({"manifest": __file__, "class_index": "nope.csv"}, "AudioDataModule.class_index"),
     ]

@@ -427,8 +427,7 @@ def test_audio_video_datamodule_batches(av_root):
         input_size=32,
         batch_size=2,
         num_workers=0,
-        freqm=4,
-        timem=10,
+        fbank={"freqm": 4, "timem": 10},
     )
     assert module.num_classes == 3
     batch = next(iter(module.train_dataloader()))
@@ -466,7 +465,7 @@ def test_audio_video_datamodule_errors_name_the_argument(av_root):
         ({"root": root, "num_frames": 20}, "AudioVideoDataModule.num_frames must be between 1 and 8"),
         ({"root": root, "missing_audio": "drop"}, "AudioVideoDataModule.missing_audio must be 'skip'"),
         ({"root": root, "audio_from": "wav"}, "AudioVideoDataModule.audio_from"),
-        ({"root": root, "freqm": -2}, "AudioVideoDataModule.freqm"),
+        ({"root": root, "fbank": {"freqm": -2}}, "AudioVideoDataModule.fbank.freqm"),
         ({"csv_train": "nope.csv"}, "AudioVideoDataModule.csv_train"),
     ]
     for kwargs, message in cases:
@@ -484,11 +483,11 @@ def test_datamodules_build_from_yaml(av_root):
     parser.add_class_arguments(AudioVideoDataModule, "av")
     config = parser.parse_string(
         f"audio:\n  manifest: {av_root / 'train_audio.csv'}\n  class_index: {av_root / 'class_labels_indices.csv'}\n"
-        "  target_length: 400\n  freqm: 0\n  gain: false\n"
+        "  target_length: 400\n  fbank: {freqm: 0, gain: false}\n"
         f"av:\n  root: {av_root}\n  duration: 2.0\n  video_fps: null\n  num_frames: 4\n  stride: 4\n"
         "  missing_audio: zeros\n  crop_scale: [0.3, 1.0]\n"
     )
     built = parser.instantiate_classes(config)
-    assert built.audio.target_length == 400 and built.audio.gain is False and built.audio.num_classes == 3
+    assert built.audio.target_length == 400 and built.audio.fbank.gain is False and built.audio.num_classes == 3
     assert built.av.video_fps is None and built.av.stride == 4 and built.av.crop_scale == (0.3, 1.0)
     assert built.av.pipeline(train=False).target_length == 200

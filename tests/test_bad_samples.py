@@ -165,7 +165,7 @@ def test_bad_audio_in_shards_is_counted_exactly(tmp_path):
     files[30].write_bytes(b"RIFF" + bytes(range(256)) * 8)  # garbage behind a WAV magic number
     index = make_shards("audio", tmp_path / "shards", root, max_count=10, options=NO_VERIFY, progress=False)
     data = AudioDataModule(
-        shards=str(index), target_length=50, freqm=0, timem=0, batch_size=4, num_workers=1, val_split=None
+        shards=str(index), target_length=50, fbank={"freqm": 0, "timem": 0}, batch_size=4, num_workers=1, val_split=None
     )
     callback, logger, _ = fit(data)
     expect_logged(callback, logger, {"empty_audio": 1, "decode_error": 1}, delivered=38)

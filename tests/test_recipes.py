@@ -250,7 +250,7 @@ def test_mavil_recipe_values(name):
     model, data = config.model.init_args.model.init_args, config.data.init_args
     assert model.fusion_depth == 2
     assert (model.audio_mask_ratio, model.decoder_embed_dim, model.decoder_depth) == (0.8, 512, 8)
-    assert (data.freqm, data.timem, data.gain) == (0, 0, True)
+    assert (data.fbank.freqm, data.fbank.timem, data.fbank.gain) == (0, 0, True)
     assert config.model.init_args.weight_decay == 1e-4 and tuple(config.model.init_args.betas) == (0.9, 0.95)
     if "stage2" in name:
         layers = config.model.init_args.target_layers

@@ -82,8 +82,8 @@ def mavil_run(clips: Path, num_workers: int):
     module = MAViLPretrainModule(model, lr=2e-3, warmup_steps=2, min_lr=1e-4, inter_weight=1.0, intra_weight=0.5,
                                  log_images_every_n_steps=0)
     data = AudioVideoDataModule(root=str(clips), duration=2.0, video_fps=2.0, num_frames=4, input_size=32,
-                                crop_scale=(0.6, 1.0), target_length=192, freqm=24, timem=48, batch_size=4,
-                                num_workers=num_workers, val_split=None, pin_memory=False)
+                                crop_scale=(0.6, 1.0), target_length=192, fbank={"freqm": 24, "timem": 48},
+                                batch_size=4, num_workers=num_workers, val_split=None, pin_memory=False)
     return module, data
 
 

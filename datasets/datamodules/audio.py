@@ -7,14 +7,7 @@ import math
 from pathlib import Path
 
 import lightning as L
-from unveil.datasets.audio import (
-    AUDIOSET_MEAN,
-    AUDIOSET_STD,
-    AudioDataset,
-    AudioPipeline,
-    ClassIndex,
-    FbankTransform,
-)
+from unveil.datasets.audio import FRAMES_PER_SECOND, AudioDataset, AudioPipeline, ClassIndex
 from unveil.datasets.audio_video import AudioVideoDataset, AudioVideoPipeline
 from unveil.datasets.datamodules.base import (
     _check_clip_source,
@@ -24,21 +17,19 @@ from unveil.datasets.datamodules.base import (
     _require_path,
     _ShardsMixin,
 )
-from unveil.datasets.datamodules.options import ShardOptions, SkipPolicy
+from unveil.datasets.datamodules.options import FbankOptions, ShardOptions, SkipPolicy, as_options
 from unveil.datasets.shards import (
     AudioShardDecoder,
     AudioVideoShardDecoder,
 )
+from unveil.datasets.video import mae_video_transform, video_eval_transform
 
 
-def _check_audio(
-    owner: str, target_length: int | None, freqm: int, timem: int, norm_std: float, val_batch_size: int | None
-) -> None:
+def _check_audio(owner: str, target_length: int | None, fbank, val_batch_size: int | None) -> FbankOptions:
+    """Check the fbank length and batch size; ``fbank`` as ``FbankOptions`` (from a mapping too)."""
     _require(owner, "target_length", target_length is None or target_length >= 1, ">= 1", target_length)
-    _require(owner, "freqm", freqm >= 0, ">= 0 (0 disables frequency masking)", freqm)
-    _require(owner, "timem", timem >= 0, ">= 0 (0 disables time masking)", timem)
-    _require(owner, "norm_std", norm_std > 0, "> 0", norm_std)
     _require(owner, "val_batch_size", val_batch_size is None or val_batch_size >= 1, ">= 1", val_batch_size)
+    return as_options(owner, "fbank", fbank, FbankOptions)
 
 
 class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
@@ -50,8 +41,7 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
     Relative manifest paths resolve against ``root`` when given, else the manifest's folder.
 
     Batches: ``{"fbank": [B, 1, target_length, 128], "label": [B, num_classes] float multi-hot,
-    "key": list[str]}``. Training applies ``gain``, ``time_shift`` and SpecAugment (``freqm``/``timem``);
-    validation none.
+    "key": list[str]}``. Training applies ``fbank``'s gain, time shift and SpecAugment; validation none.
 
     With ``shards`` (``unveil shards make audio``) training reads them instead of the manifest/folder, and
     the classes are the shard index's; ``val_shards`` likewise replaces the validation source.
@@ -64,12 +54,7 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         root: dataset folder (folder layout), and the base of relative manifest paths.
         train_split, val_split: sub-folders of ``root`` (folder layout); ``val_split: null`` disables it.
         target_length: fbank frames per clip (100 per second: 1024 for AudioSet's 10 s).
-        freqm, timem: maximum widths of the frequency and time masks in training (0 disables; AudioMAE
-            pretrains with 0, fine-tunes on AudioSet with 48, 192).
-        gain: AudioMAE's ``--roll_mag_aug`` in training, a random gain (``random_gain``; its roll never
-            shifts); on, as in AudioMAE's AS-2M pretraining.
-        time_shift: a random circular shift of the waveform in training (``time_shift_waveform``; ours).
-        norm_mean, norm_std: fbank statistics of the dataset (AudioSet's by default).
+        fbank: SpecAugment widths, gain, time shift and normalisation of the fbanks (``FbankOptions``).
         batch_size: clips per training batch (per device).
         num_workers: DataLoader worker processes (0 loads in the main process).
         pin_memory: pin host memory of the batches.
@@ -87,12 +72,7 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         train_split: str = "train",
         val_split: str | None = "val",
         target_length: int = 1024,
-        freqm: int = 0,
-        timem: int = 0,
-        gain: bool = True,
-        time_shift: bool = False,
-        norm_mean: float = AUDIOSET_MEAN,
-        norm_std: float = AUDIOSET_STD,
+        fbank: FbankOptions = FbankOptions(),  # noqa: B008 - never mutated
         batch_size: int = 32,
         num_workers: int = 8,
         pin_memory: bool = True,
@@ -124,15 +104,13 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             )
         _require(owner, "batch_size", batch_size >= 1, ">= 1", batch_size)
         _require(owner, "num_workers", num_workers >= 0, ">= 0", num_workers)
-        _check_audio(owner, target_length, freqm, timem, norm_std, val_batch_size)
+        self.fbank = _check_audio(owner, target_length, fbank, val_batch_size)
         self._init_sources(owner, shards, val_shards, shard_options, skips, shuffle_seed)
         self.save_hyperparameters()
         self._plain_hparams()
         self.manifest, self.class_index, self.val_manifest = manifest, class_index, val_manifest
         self.root, self.train_split, self.val_split = root, train_split, val_split
-        self.target_length, self.freqm, self.timem = target_length, freqm, timem
-        self.gain, self.time_shift = gain, time_shift
-        self.norm_mean, self.norm_std = norm_mean, norm_std
+        self.target_length = target_length
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.train_set: AudioDataset | None = None
@@ -140,17 +118,7 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
 
     def pipeline(self, train: bool) -> AudioPipeline:
         """Decoding and fbank features (augmented in training), for manifests, folders and shards alike."""
-        transform = FbankTransform(
-            self.target_length,
-            train,
-            self.freqm,
-            self.timem,
-            self.gain,
-            self.time_shift,
-            mean=self.norm_mean,
-            std=self.norm_std,
-        )
-        return AudioPipeline(transform)
+        return AudioPipeline(self.fbank.transform(self.target_length, train))
 
     def _dataset(self, manifest: str | None, split: str, train: bool, classes) -> AudioDataset:
         return AudioDataset(manifest, self.root, split, classes, pipeline=self.pipeline(train))
@@ -224,11 +192,8 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         input_size: side of the square video crops.
         crop_scale, hflip: video RandomResizedCrop area range and flip probability (one draw per clip).
         target_length: fbank frames per clip; default ``round(duration * 100)``.
-        freqm, timem: SpecAugment mask widths in training (0 disables; AudioMAE pretrains with 0).
-        gain: AudioMAE's ``--roll_mag_aug`` in training, a random gain of the audio (its roll never shifts,
-            so it keeps the alignment with the frames); on, as in AudioMAE's AS-2M pretraining. There is no
-            time shift here: it would break the alignment.
-        norm_mean, norm_std: fbank statistics (AudioSet's by default).
+        fbank: SpecAugment widths, gain and normalisation of the fbanks (``FbankOptions``; its
+            ``time_shift`` must stay off: it would break the alignment with the frames).
         missing_audio: ``skip`` or ``zeros`` (zero fbank and ``audio_missing=True``) for clips without
             an audio track or with a silent one.
         silence_threshold: peak amplitude at or below which a track counts as silent.
@@ -257,11 +222,7 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         crop_scale: tuple[float, float] = (0.5, 1.0),
         hflip: float = 0.5,
         target_length: int | None = None,
-        freqm: int = 0,
-        timem: int = 0,
-        gain: bool = True,
-        norm_mean: float = AUDIOSET_MEAN,
-        norm_std: float = AUDIOSET_STD,
+        fbank: FbankOptions = FbankOptions(),  # noqa: B008 - never mutated
         missing_audio: str = "skip",
         silence_threshold: float = 1e-4,
         audio_from: str = "auto",
@@ -285,7 +246,14 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         if class_index is not None:
             _require_path(owner, "class_index", class_index, "")
         _check_common(owner, input_size, batch_size, num_workers, crop_scale, hflip)
-        _check_audio(owner, target_length, freqm, timem, norm_std, val_batch_size)
+        fbank = _check_audio(owner, target_length, fbank, val_batch_size)
+        _require(
+            owner,
+            "fbank.time_shift",
+            not fbank.time_shift,
+            "false (a time shift would break the audio's alignment with the frames)",
+            fbank.time_shift,
+        )
         _require(owner, "duration", duration > 0, "> 0 seconds", duration)
         if video_fps is not None:
             _require(owner, "video_fps", video_fps > 0, "> 0, or null to sample by stride", video_fps)
@@ -329,8 +297,7 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         self.train_split, self.val_split = train_split, val_split
         self.duration, self.video_fps, self.num_frames, self.stride = duration, video_fps, num_frames, stride
         self.input_size, self.crop_scale, self.hflip = input_size, tuple(crop_scale), hflip
-        self.target_length, self.freqm, self.timem, self.gain = target_length, freqm, timem, gain
-        self.norm_mean, self.norm_std = norm_mean, norm_std
+        self.target_length, self.fbank = target_length, fbank
         self.missing_audio, self.silence_threshold = missing_audio, silence_threshold
         self.audio_from, self.allow_short = audio_from, allow_short
         _require(owner, "frames_fps", frames_fps > 0, "> 0", frames_fps)
@@ -342,21 +309,21 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
 
     def pipeline(self, train: bool) -> AudioVideoPipeline:
         """The clip sampler and augmentation of this DataModule (the shard reader uses the same)."""
+        target_length = self.target_length or round(self.duration * FRAMES_PER_SECOND)
+        video = (
+            mae_video_transform(self.input_size, self.crop_scale, self.hflip)
+            if train
+            else video_eval_transform(self.input_size)
+        )
         return AudioVideoPipeline(
             duration=self.duration,
             fps=self.video_fps,
             num_frames=self.num_frames,
             stride=self.stride,
             train=train,
-            input_size=self.input_size,
-            crop_scale=self.crop_scale,
-            hflip=self.hflip,
-            target_length=self.target_length,
-            freqm=self.freqm,
-            timem=self.timem,
-            gain=self.gain,
-            norm_mean=self.norm_mean,
-            norm_std=self.norm_std,
+            target_length=target_length,
+            video_transform=video,
+            fbank_transform=self.fbank.transform(target_length, train),
             missing_audio=self.missing_audio,
             silence_threshold=self.silence_threshold,
             allow_short=self.allow_short,

@@ -9,6 +9,8 @@ A recipe sets them as nested keys::
         shard_options: {resampled: true, epoch_samples: 240000}
         skips: {max_skip_fraction: 0.05, skip_log: runs/skips-{rank}.jsonl}
 
+and the audio DataModules' ``fbank: {freqm: 48, timem: 192}``.
+
 jsonargparse checks the constrained types (``PositiveInt``, ``NonNegativeInt``, ``ClosedUnitInterval``) while it
 parses, so a bad value stops the command with one line naming the key; ``__post_init__`` applies the same
 checks to objects built in Python.
@@ -19,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveInt
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloat, PositiveInt
+from unveil.datasets.audio import AUDIOSET_MEAN, AUDIOSET_STD, FbankTransform
 
 
 def _require_path(owner: str, argument: str, path: str | Path, hint: str) -> None:
@@ -84,6 +87,48 @@ class SkipPolicy:
         )
 
 
+@dataclass
+class FbankOptions:
+    """How the audio DataModules turn a clip's waveform into the fbank the model sees, besides its length
+    (the DataModule's ``target_length``): augmentation in training, and the normalisation.
+
+    Args:
+        freqm, timem: maximum widths of the frequency and time masks in training (0 disables; AudioMAE
+            pretrains with 0, fine-tunes on AudioSet with 48, 192).
+        gain: AudioMAE's ``--roll_mag_aug`` in training, a random gain (``random_gain``; its roll never
+            shifts, so it keeps an audio-video clip aligned); on, as in AudioMAE's AS-2M pretraining.
+        time_shift: a random circular shift of the waveform in training (``time_shift_waveform``; ours).
+            Audio only: audio-video clips refuse it, as it would break their alignment with the frames.
+        norm_mean, norm_std: fbank statistics of the dataset (AudioSet's by default).
+    """
+
+    freqm: NonNegativeInt = 0
+    timem: NonNegativeInt = 0
+    gain: bool = True
+    time_shift: bool = False
+    norm_mean: float = AUDIOSET_MEAN
+    norm_std: PositiveFloat = AUDIOSET_STD
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        _require(owner, "freqm", self.freqm >= 0, ">= 0 (0 disables frequency masking)", self.freqm)
+        _require(owner, "timem", self.timem >= 0, ">= 0 (0 disables time masking)", self.timem)
+        _require(owner, "norm_std", self.norm_std > 0, "> 0", self.norm_std)
+
+    def transform(self, target_length: int, train: bool) -> FbankTransform:
+        """The ``FbankTransform`` of ``target_length`` frames (augmented when ``train``)."""
+        return FbankTransform(
+            target_length,
+            train,
+            self.freqm,
+            self.timem,
+            self.gain,
+            self.time_shift,
+            mean=self.norm_mean,
+            std=self.norm_std,
+        )
+
+
 def as_options(owner: str, argument: str, value, kind: type):
     """``value`` as a ``kind`` dataclass: one already, or a mapping of its fields (a checkpoint's hparams)."""
     if isinstance(value, kind):
@@ -92,7 +137,10 @@ def as_options(owner: str, argument: str, value, kind: type):
         try:
             return kind(**value)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{owner}.{argument}: {error}") from None
+            message, field = str(error), f"{kind.__name__}."
+            if message.startswith(field):  # a field's own check: name it by its key under the DataModule
+                raise ValueError(f"{owner}.{argument}.{message[len(field) :]}") from None
+            raise ValueError(f"{owner}.{argument}: {message}") from None
     raise ValueError(
         f"{owner}.{argument} must be a {kind.__name__} or a mapping of its fields, got {value!r}"
     )
