@@ -25,32 +25,18 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
-from unveil.datasets.common import skip_reason
 from unveil.datasets.sav import choose_clip, clip_sample, decode_rle, encode_rle, rle_area
-from unveil.datasets.shards import (
-    INDEX_FORMAT,
-    ShardDataset,
-    ShardItem,
-    index_path,
-    read_index,
-    sample_key,
-    sample_meta,
-)
-from unveil.datasets.shards.write import _fingerprint, _ShardRoller
+from unveil.datasets.shards import ShardDataset, ShardItem, sample_key, sample_meta
+from unveil.datasets.shards.write import write_shards
 from unveil.datasets.skips import BadSample
 from unveil.datasets.vos import VOSFolder
 
 __all__ = ["VOSShardDecoder", "encode_vos_video", "make_vos_shards", "vos_shard_dataset"]
-
-log = logging.getLogger("unveil.datasets")
 
 KIND = "vos"
 
@@ -129,76 +115,21 @@ def make_vos_shards(
     last one, a finished set is left as it is; a set made from other sources or options is replaced only
     with ``overwrite``. A video that cannot be read is skipped with a warning and listed in the index.
     """
-    if max_count < 1 or max_size < 1:
-        raise ValueError(f"max_count and max_size must be >= 1, got {max_count}, {max_size}")
     folder = VOSFolder(root, split=split, resolution=resolution, num_frames=1, train=False)
-    items = [ShardItem(folder.images / video, -1, video) for video in folder.videos]
-    prefix = prefix or split or "all"
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {"max_size": max_size, "max_count": max_count, "prefix": prefix, "resolution": resolution}
-    fingerprint = _fingerprint(KIND, items, settings)
-    path = index_path(out, prefix)
-    index = None
-    if path.exists():
-        previous = read_index(path)
-        if previous.get("fingerprint") == fingerprint:
-            index = previous
-        elif not overwrite:
-            raise ValueError(
-                f"{path} was made from other sources or options; pass overwrite=True (--overwrite) to "
-                "replace it, or choose another --out/--prefix"
-            )
-        else:
-            for shard in previous.get("shards", []):
-                (out / shard["name"]).unlink(missing_ok=True)
-    if index is None:
-        index = {
-            "format": INDEX_FORMAT,
-            "kind": KIND,
-            "complete": False,
-            "fingerprint": fingerprint,
-            "source": {"root": str(root), "split": split, "csv": None, "items": len(items)},
-            "settings": settings,
-            "classes": None,
-            "class_mids": None,
-            "num_classes": 0,
-            "num_samples": 0,
-            "next_item": 0,
-            "shards": [],
-            "skipped": {},
-            "skipped_samples": [],
-        }
-    if index["complete"]:
-        log.info("%s: all %d shards are already written", path, len(index["shards"]))
-        return path
-    for leftover in out.glob(f"{prefix}-*.tar.tmp"):
-        leftover.unlink()
-    start = index["next_item"]
-    index["skipped_samples"] = [s for s in index["skipped_samples"] if s["item"] < start]
-    writer = _ShardRoller(out, prefix, max_size, max_count, index, path)
-    try:
-        with tqdm(total=len(items), initial=start, desc=f"vos shards {prefix}", disable=not progress) as bar:
-            for position in range(start, len(items)):
-                try:
-                    fields = encode_vos_video(folder, position)
-                except Exception as error:  # noqa: BLE001 - a video that cannot be read is skipped, whatever the cause
-                    reason, detail = skip_reason(error), f"{type(error).__name__}: {error}"[:300]
-                    log.warning("skipping %s (%s: %s)", items[position].path, reason, detail)
-                    index["skipped_samples"].append(
-                        {"item": position, "key": items[position].key, "reason": reason, "detail": detail}
-                    )
-                else:
-                    writer.add(position, f"{position:09d}", fields)
-                bar.update()
-                bar.set_postfix(shards=len(index["shards"]), refresh=False)
-            writer.finish(len(items))
-        if index["num_samples"] == 0:
-            reasons = Counter(sample["reason"] for sample in index["skipped_samples"])
-            raise ValueError(f"no video could be written: all {len(items)} were skipped ({dict(reasons)})")
-    finally:
-        writer.close()
-    return path
+    positions = {video: position for position, video in enumerate(folder.videos)}
+    return write_shards(
+        KIND,
+        out,
+        prefix or split or "all",
+        [ShardItem(folder.images / video, -1, video) for video in folder.videos],
+        lambda item: encode_vos_video(folder, positions[item.key]),
+        source={"root": str(root), "split": split, "csv": None},
+        settings={"resolution": resolution},
+        max_size=max_size,
+        max_count=max_count,
+        overwrite=overwrite,
+        progress=progress,
+    )
 
 
 # ============================================================================================ reading

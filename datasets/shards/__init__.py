@@ -20,9 +20,9 @@ making it. The reading side (``ShardDataset``) takes an index file, a folder hol
 pattern (``shards/train-{000000..000146}.tar``), a single tar or a list of any of these.
 
 Modules: ``index`` (shard sets and their index), ``sources`` (what a folder/CSV source lists),
-``encode`` (one sample's tar members), ``write`` (``make_shards``), ``samples`` (fields of a raw shard
-sample), ``decoders`` (raw sample -> sample dict, per data kind) and ``read`` (``ShardDataset``,
-``ShardLoader``). Every public name is importable from ``unveil.datasets.shards``.
+``encode`` (one sample's tar members), ``write`` (``make_shards``; ``write_shards``, its writer, for a kind
+with a source of its own), ``samples`` (fields of a raw shard sample), ``decoders`` (raw sample -> sample
+dict, per data kind) and ``read`` (``ShardDataset``, ``ShardLoader``). Every public name is importable from ``unveil.datasets.shards``.
 """
 
 from unveil.datasets.shards.decoders import (
@@ -54,7 +54,7 @@ from unveil.datasets.shards.sources import (
     image_items,
     video_items,
 )
-from unveil.datasets.shards.write import make_shards
+from unveil.datasets.shards.write import make_shards, write_shards
 from unveil.datasets.video import FullWindowVideoDataset  # importable from here as before
 
 __all__ = [
@@ -88,4 +88,5 @@ __all__ = [
     "sample_meta",
     "sample_target",
     "video_items",
+    "write_shards",
 ]

@@ -188,10 +188,10 @@ _ENCODERS: dict[str, Callable[[ShardItem, EncodeOptions], dict[str, bytes]]] = {
 }
 
 
-def _encode(kind: str, options: EncodeOptions, item: ShardItem) -> tuple[str, object]:
-    """``("ok", fields)`` or ``("skip", (reason, detail))``; runs in a pool worker, so it never raises for
-    a bad file."""
+def _encode_or_skip(encode: Callable[[ShardItem], dict[str, bytes]], item: ShardItem) -> tuple[str, object]:
+    """``("ok", encode(item))`` or ``("skip", (reason, detail))``; runs in a pool worker, so it never raises
+    for a bad file."""
     try:
-        return "ok", _ENCODERS[kind](item, options)
+        return "ok", encode(item)
     except Exception as error:  # noqa: BLE001 - any failure to read or decode a source file skips it
         return "skip", (skip_reason(error), f"{type(error).__name__}: {error}")

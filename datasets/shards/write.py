@@ -1,4 +1,5 @@
-"""``make_shards``: a folder/CSV source into tar shards of bounded size plus an index, resumably."""
+"""``make_shards``: a folder/CSV source into tar shards of bounded size plus an index, resumably;
+``write_shards``, its writer, for any kind (one with a source of its own, such as ``vos``, calls it)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,20 @@ import logging
 import multiprocessing
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 import webdataset as wds
 from tqdm import tqdm
-from unveil.datasets.shards.encode import _ENCODERS, EncodeOptions, _encode, _tar_file_size, _tar_size
+from unveil.datasets.shards.encode import (
+    _ENCODERS,
+    EncodeOptions,
+    _encode_or_skip,
+    _tar_file_size,
+    _tar_size,
+)
 from unveil.datasets.shards.index import INDEX_FORMAT, index_path, read_index
 from unveil.datasets.shards.sources import _SOURCES, ShardItem
 
@@ -73,20 +81,84 @@ def make_shards(
     an interruption keeps the finished shards and writes the rest; rerunning a finished one does nothing.
 
     A sample that cannot be read or decoded (missing, truncated, corrupt) is skipped with a warning; the
-    index lists it with its reason.
+    index lists it with its reason. Kinds with a source of their own go through :func:`write_shards`.
     """
     options = options if options is not None else EncodeOptions()
     if kind not in _ENCODERS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {tuple(_ENCODERS)}")
-    if max_count < 1 or max_size < 1:
-        raise ValueError(f"max_count and max_size must be >= 1, got {max_count}, {max_size}")
+    _check_limits(max_size, max_count)
     classes, items = _SOURCES[kind](root, split, csv, class_index)
     if not items:
         raise ValueError("the source lists no samples")
-    prefix = prefix or (Path(csv).stem if csv is not None else split)
+    class_mids = None
+    if classes is not None and not isinstance(classes, list):  # an audio ClassIndex
+        class_mids, classes = list(classes.mids), list(classes.names)
+    if classes is not None:
+        num_classes = len(classes)
+    elif kind == "audio-video":
+        num_classes = 0  # no labels
+    else:
+        num_classes = max(item.label for item in items) + 1  # type: ignore[type-var]
+    return write_shards(
+        kind,
+        out,
+        prefix or (Path(csv).stem if csv is not None else split),
+        items,
+        partial(_ENCODERS[kind], options=options),
+        source={
+            "root": None if root is None else str(root),
+            "split": split,
+            "csv": None if csv is None else str(csv),
+        },
+        settings=asdict(options),
+        classes=classes,
+        class_mids=class_mids,
+        num_classes=num_classes,
+        max_size=max_size,
+        max_count=max_count,
+        workers=workers,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def _check_limits(max_size: int, max_count: int) -> None:
+    if max_count < 1 or max_size < 1:
+        raise ValueError(f"max_count and max_size must be >= 1, got {max_count}, {max_size}")
+
+
+def write_shards(
+    kind: str,
+    out: str | Path,
+    prefix: str,
+    items: list[ShardItem],
+    encode: Callable[[ShardItem], dict[str, bytes]],
+    source: dict,
+    settings: dict | None = None,
+    classes: list[str] | None = None,
+    class_mids: list[str] | None = None,
+    num_classes: int = 0,
+    max_size: int = 1 << 30,
+    max_count: int = 10_000,
+    workers: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write ``items``, each encoded by ``encode``, into ``out/<prefix>-NNNNNN.tar`` shards plus the index
+    ``out/<prefix>.json`` (``kind`` recorded in it), resumably, and return the index's path: the writer of
+    :func:`make_shards`, for any kind, including one with a source of its own (``vos``).
+
+    ``encode(item)`` returns the sample's tar members without ``__key__`` (the item's position names it),
+    and raises for a sample that cannot be read: it is skipped, logged and listed in the index with
+    ``skip_reason``'s reason. With ``workers`` > 0 it runs in a process pool, so it must pickle.
+    ``source`` (where the items come from) and ``settings`` (what changes the output besides the sizes) go
+    into the index; with the items, they fingerprint the set, so that a rerun continues only the same set
+    and another one needs ``overwrite``. ``classes``, ``class_mids`` and ``num_classes`` describe the labels.
+    """
+    _check_limits(max_size, max_count)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"max_size": max_size, "max_count": max_count, "prefix": prefix, **asdict(options)}
+    settings = {"max_size": max_size, "max_count": max_count, "prefix": prefix, **(settings or {})}
     fingerprint = _fingerprint(kind, items, settings)
     path = index_path(out, prefix)
 
@@ -104,26 +176,12 @@ def make_shards(
             for shard in previous.get("shards", []):
                 (out / shard["name"]).unlink(missing_ok=True)
     if index is None:
-        class_mids = None
-        if classes is not None and not isinstance(classes, list):  # an audio ClassIndex
-            class_mids, classes = list(classes.mids), list(classes.names)
-        if classes is not None:
-            num_classes = len(classes)
-        elif kind == "audio-video":
-            num_classes = 0  # no labels
-        else:
-            num_classes = max(item.label for item in items) + 1  # type: ignore[type-var]
         index = {
             "format": INDEX_FORMAT,
             "kind": kind,
             "complete": False,
             "fingerprint": fingerprint,
-            "source": {
-                "root": None if root is None else str(root),
-                "split": split,
-                "csv": None if csv is None else str(csv),
-                "items": len(items),
-            },
+            "source": {**source, "items": len(items)},
             "settings": settings,
             "classes": classes,
             "class_mids": class_mids,
@@ -142,12 +200,14 @@ def make_shards(
 
     start = index["next_item"]
     index["skipped_samples"] = [s for s in index["skipped_samples"] if s["item"] < start]
-    encode = partial(_encode, kind, options)
+    encode = partial(_encode_or_skip, encode)
     pool = multiprocessing.Pool(workers) if workers > 0 else None
     results = pool.imap(encode, items[start:], chunksize=4) if pool else map(encode, items[start:])
     writer = _ShardRoller(out, prefix, max_size, max_count, index, path)
     try:
-        with tqdm(total=len(items), initial=start, desc=f"shards {prefix}", disable=not progress) as bar:
+        with tqdm(
+            total=len(items), initial=start, desc=f"{kind} shards {prefix}", disable=not progress
+        ) as bar:
             for position, (status, value) in enumerate(results, start=start):
                 item = items[position]
                 if status == "ok":
