@@ -116,6 +116,7 @@ class _MAViLModule(CompiledTraining, WarmupCosineAdamW, pl.LightningModule):
     def _init_training(
         self,
         model: MAViL,
+        *,
         base_lr: float,
         lr: float | None,
         weight_decay: float,
@@ -123,6 +124,7 @@ class _MAViLModule(CompiledTraining, WarmupCosineAdamW, pl.LightningModule):
         warmup_epochs: float,
         warmup_steps: int | None,
         min_lr: float,
+        base_batch_size: int,
         inter_weight: float,
         intra_weight: float,
         inter_temperature: float,
@@ -130,15 +132,19 @@ class _MAViLModule(CompiledTraining, WarmupCosineAdamW, pl.LightningModule):
         gather_negatives: bool,
         retrieval_ks: Sequence[int],
         vis_seed: int,
-        base_batch_size: int = 256,
-        compile: bool = False,
+        compile: bool,
+        **stage_arguments,
     ) -> None:
+        """Check and keep what both stages share: the optimiser and schedule, the contrastive terms, retrieval
+        and the compiled step. Each stage calls it with its saved hyperparameters (``**self.hparams``); the
+        arguments of its own (``stage_arguments``) are left to it."""
         if inter_weight < 0 or intra_weight < 0:
             raise ValueError("loss weights must be >= 0")
         if inter_temperature <= 0 or intra_temperature <= 0:
             raise ValueError("temperatures must be > 0")
-        self._init_optimizer(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr,
-                             base_batch_size=base_batch_size)
+        self._init_optimizer(
+            model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr, base_batch_size
+        )
         self._init_compile(compile)
         self.inter_weight, self.intra_weight = inter_weight, intra_weight
         self.inter_temperature, self.intra_temperature = inter_temperature, intra_temperature
@@ -353,9 +359,7 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
         if log_images_every_n_steps < 0:
             raise ValueError(f"log_images_every_n_steps must be >= 0, got {log_images_every_n_steps}")
         self.save_hyperparameters(ignore=["model"])
-        self._init_training(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr,
-                            inter_weight, intra_weight, inter_temperature, intra_temperature, gather_negatives,
-                            retrieval_ks, vis_seed, base_batch_size=base_batch_size, compile=compile)
+        self._init_training(model, **self.hparams)
         self.audio_reconstruction_weight = audio_reconstruction_weight
         self.video_reconstruction_weight = video_reconstruction_weight
         self.log_images_every_n_steps = log_images_every_n_steps
@@ -532,9 +536,7 @@ class MAViLSelfTrainModule(_MAViLModule):
         self.target_layers = tuple(target_layers)
         self.audio_feature_weight = audio_feature_weight
         self.video_feature_weight = video_feature_weight
-        self._init_training(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr,
-                            inter_weight, intra_weight, inter_temperature, intra_temperature, gather_negatives,
-                            retrieval_ks, vis_seed, base_batch_size=base_batch_size, compile=compile)
+        self._init_training(model, **self.hparams)
 
     @property
     def teacher(self) -> MAViL:
