@@ -33,13 +33,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
-from unveil.datasets.loading import CountingLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from unveil.datasets.loading import CountingLoader
 from unveil.datasets.vos import VOSFolder
 
-__all__ = ["SAM2Augment", "SAM2DataModule", "VOSValVideos", "collate_clips"]
+__all__ = ["SAM2Augment", "SAM2DataModule", "VOSFirstFrames", "VOSValVideos", "collate_clips"]
 
 _FILL = tuple(round(255 * m) for m in IMAGENET_DEFAULT_MEAN)  # the official fill: the mean in 0..255
 
@@ -153,6 +153,46 @@ class VOSValVideos(Dataset):
         }
 
 
+class VOSFirstFrames(Dataset):
+    """The first annotated frame of each video of a VOS folder as a single image with its objects, for
+    click evaluation when a dataset has no still images (generated data): ``{"frames": [1, 3, S, S],
+    "masks": bool [1, O, S, S], "key"}`` as :func:`unveil.datasets.sav.clip_sample` makes them.
+
+    Args:
+        root: a DAVIS/MOSE-layout folder; ``split``: its image set; ``resolution``: DAVIS's resolution folder.
+        size: resize to ``size`` × ``size`` (None keeps the frame's size); ``transform`` replaces resize and
+            normalisation (called with uint8 frames [1, 3, H, W] and bool masks [1, O, H, W]).
+        max_videos: the first this many videos only.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = "val",
+        size: int | None = None,
+        max_videos: int | None = None,
+        resolution: str | None = "480p",
+        transform: Callable | None = None,
+    ) -> None:
+        self.folder = VOSFolder(root, split=split, resolution=resolution, num_frames=1, train=False)
+        self.count = len(self.folder) if max_videos is None else min(max_videos, len(self.folder))
+        self.size, self.transform = size, transform
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict:
+        import numpy as np
+        from PIL import Image
+        from unveil.datasets.sav import clip_sample
+
+        folder, stems, _, masks = self.folder.video_annotations(index)
+        with Image.open(Path(folder) / f"{stems[0]}.jpg") as opened:
+            image = np.array(opened.convert("RGB"), dtype=np.uint8)
+        key = f"{self.folder.videos[index]}/{stems[0]}"
+        return clip_sample(image[None], masks[:1].numpy(), key, self.size, self.transform)
+
+
 def _first(samples: list[dict]) -> dict:
     return samples[0]
 
@@ -176,6 +216,11 @@ class SAM2DataModule(L.LightningDataModule):
         train_dataset: another training source (see the module docstring), or None for ``root``'s VOS folder.
         augment: SAM 2's augmentation on the training clips (False: resize and normalise only).
         val_split, val_videos: the validation videos (``val_videos`` None: all of them).
+        val_images: single validation images for click evaluation (``val/miou@1``, ``val/miou@5``), a second
+            validation loader: a dataset of one-frame samples at ``image_size`` (e.g. ``SA1BFolder`` with
+            ``size`` and ``train: false``, or :class:`VOSFirstFrames`), or a callable that returns one.
+        val_first_frames: without ``val_images``, the first annotated frame of each validation video serves
+            as a single image (:class:`VOSFirstFrames`; generated data has no still images).
         resolution: DAVIS's resolution folder (used when present).
         num_workers: loader processes.
     """
@@ -192,6 +237,8 @@ class SAM2DataModule(L.LightningDataModule):
         train_split: str | None = "train",
         val_split: str | None = "val",
         val_videos: int | None = None,
+        val_images: Dataset | Callable[..., Dataset] | None = None,
+        val_first_frames: bool = False,
         resolution: str | None = "480p",
         num_workers: int = 2,
     ) -> None:
@@ -212,6 +259,9 @@ class SAM2DataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.train_set: Dataset | None = None
         self.val_set: VOSValVideos | None = None
+        self.val_images_source = val_images
+        self.val_first_frames = val_first_frames
+        self.val_image_set: Dataset | None = None
 
     def train_transform(self) -> SAM2Augment:
         return SAM2Augment(self.image_size, train=self.augment)
@@ -242,6 +292,14 @@ class SAM2DataModule(L.LightningDataModule):
                 self.root, split=self.val_split, resolution=self.resolution, num_frames=3, train=False
             )
             self.val_set = VOSValVideos(folder, self.val_videos)
+        if stage in (None, "fit", "validate") and self.val_image_set is None:
+            source = self.val_images_source
+            if source is not None:
+                self.val_image_set = source if isinstance(source, Dataset) else source()
+            elif self.val_first_frames and self.root is not None:
+                self.val_image_set = VOSFirstFrames(
+                    self.root, self.val_split, self.image_size, self.val_videos, self.resolution
+                )
 
     def train_dataloader(self) -> DataLoader:
         return CountingLoader(  # brings the workers' skip counts to this process (SkipCounterCallback)
@@ -255,6 +313,9 @@ class SAM2DataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader | list:
-        if self.val_set is None:
-            return []
-        return DataLoader(self.val_set, batch_size=1, num_workers=0, collate_fn=_first)
+        loaders = [
+            DataLoader(dataset, batch_size=1, num_workers=0, collate_fn=_first)
+            for dataset in (self.val_set, self.val_image_set)
+            if dataset is not None
+        ]
+        return loaders[0] if len(loaders) == 1 else loaders

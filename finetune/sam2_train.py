@@ -20,9 +20,15 @@ clipping is the Trainer's (``gradient_clip_val``), bf16 the Trainer's precision,
 
 Validation: J&F on whole validation videos, each object prompted by its mask on the first annotated frame
 and tracked by :class:`~unveil.models.sam2.VideoPredictor` (:func:`unveil.finetune.vos_eval.predict_video`),
-logged as ``val/J``, ``val/F`` and ``val/J&F``. A picture of the first validation video (truth above,
-prediction below, over its first ``vis_frames`` annotated frames) is saved under the run folder's
-``masks/`` and sent to the loggers as ``val/masks``.
+logged as ``val/J``, ``val/F`` and ``val/J&F``. Single images among the validation batches (one-frame
+samples ``{"frames": [1, 3, S, S], "masks": [1, O, S, S]}``, the DataModule's ``val_images``) are scored by
+simulated clicks instead (:mod:`unveil.finetune.click_eval`), logged as ``val/miou@1`` and ``val/miou@5``
+(``val_clicks``). A picture of the first validation video (truth above, prediction below, over its first
+``vis_frames`` annotated frames) is saved under the run folder's ``masks/`` and sent to the loggers as
+``val/masks``.
+
+The prompt generator's state is saved in the checkpoint and restored with it, so a resumed run draws the
+prompts the uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
@@ -254,6 +260,7 @@ class SAM2FineTune(L.LightningModule):
         prompts: the prompt simulation; ``prompt_seed`` seeds its generator (the same on every rank).
         loss_weights: of the four loss terms.
         val_max_frames: track this many frames of each validation video (None: all).
+        val_clicks: simulated clicks per object on validation images (``val/miou@1`` and ``val/miou@<this>``).
         vis_frames: frames in the validation picture (0: no picture).
     """
 
@@ -279,6 +286,7 @@ class SAM2FineTune(L.LightningModule):
         loss_weights: SAM2LossWeights = OFFICIAL_LOSS_WEIGHTS,
         val_max_frames: int | None = None,
         vis_frames: int = 8,
+        val_clicks: int = 5,
     ) -> None:
         super().__init__()
         # plain dicts in the checkpoint (torch.load(weights_only=True) refuses dataclass instances)
@@ -288,6 +296,8 @@ class SAM2FineTune(L.LightningModule):
         self.hparams.update(prompts=asdict(prompts), loss_weights=asdict(loss_weights))
         if layer_decay is not None and not 0 < layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1] or null, got {layer_decay}")
+        if val_clicks < 1:
+            raise ValueError(f"val_clicks must be at least 1, got {val_clicks}")
         if not 0 <= min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         self.model, self.init_origin = build_sam2(
@@ -306,6 +316,18 @@ class SAM2FineTune(L.LightningModule):
         self._val_scores: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._vis: tuple[dict, torch.Tensor] | None = None
         self._predictor = None
+        self._image_predictor = None
+        self._click_scores = None
+
+    # the prompt generator's state travels with the checkpoint, so a resumed run draws the same prompts
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["prompt_generator_state"] = self.generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("prompt_generator_state")
+        if state is not None:  # checkpoints written before it was saved have none
+            self.generator.set_state(state)
 
     # ---------------------------------------------------------------------------------------- training
 
@@ -331,11 +353,25 @@ class SAM2FineTune(L.LightningModule):
             self._predictor = VideoPredictor(self.model)
         return self._predictor
 
+    @property
+    def image_predictor(self):
+        if self._image_predictor is None:
+            from unveil.finetune.click_eval import TensorImagePredictor
+
+            self._image_predictor = TensorImagePredictor(self.model)
+        return self._image_predictor
+
     def on_validation_epoch_start(self) -> None:
+        from unveil.finetune.click_eval import ClickScores
+
         self._val_scores = []
         self._vis = None
+        self._click_scores = ClickScores(self.hparams.val_clicks)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if "frames" in batch:  # a single image: simulated clicks
+            self._click_step(batch)
+            return
         from unveil.finetune.vos_eval import predict_video
         from unveil.finetune.vos_metrics import sequence_scores
 
@@ -348,10 +384,40 @@ class SAM2FineTune(L.LightningModule):
             self.hparams.val_max_frames,
         )
         self._val_scores.append(sequence_scores(pred, truth))
-        if batch_idx == 0:
+        if self._vis is None:
             self._vis = (batch, pred)
 
+    @torch.no_grad()
+    def _click_step(self, sample: dict) -> None:
+        from unveil.finetune.click_eval import click_ious
+
+        frames, masks = sample["frames"], sample["masks"]
+        if frames.dim() != 4 or frames.shape[0] != 1:
+            raise ValueError(
+                f"SAM2FineTune: a validation image is one frame [1, 3, S, S], got frames {tuple(frames.shape)}"
+                f" ({sample.get('key', '')})"
+            )
+        predictor = self.image_predictor
+        predictor.set_normalized(frames[0])
+        for truth in masks[0]:
+            if truth.any():
+                self._click_scores.update(click_ious(predictor, truth, self.hparams.val_clicks))
+        predictor.reset_predictor()
+
+    def _log_clicks(self) -> None:
+        from unveil.finetune.click_eval import ClickScores
+
+        scores = self._click_scores or ClickScores(self.hparams.val_clicks)
+        totals = scores.totals().to(self.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(totals)
+        means = ClickScores.means(totals.cpu())
+        for k in sorted({1, self.hparams.val_clicks}):
+            if f"miou@{k}" in means:
+                self.log(f"val/miou@{k}", means[f"miou@{k}"], prog_bar=k == self.hparams.val_clicks)
+
     def on_validation_epoch_end(self) -> None:
+        self._log_clicks()  # every rank joins its all-reduce, also one without images
         # every rank joins the all-reduce, also one that got no video
         j = (
             torch.cat([s[0] for s in self._val_scores]).double()

@@ -518,6 +518,9 @@ def test_cli_chain_synth_vos_then_fit_from_random_and_from_a_trunk_export(tmp_pa
         events = EventAccumulator(str(run)).Reload()
         (jf,) = events.Scalars("val/J&F")
         assert 0.0 <= jf.value <= 1.0
+        for tag in ("val/miou@1", "val/miou@5"):  # clicks on the validation videos' first frames
+            (miou,) = events.Scalars(tag)
+            assert 0.0 <= miou.value <= 1.0
         assert "train/loss" in events.Tags()["scalars"]
 
 
@@ -666,6 +669,8 @@ def test_readme_sam2_chain_from_the_quickstart_mae(tmp_path):
                   "--data.init_args.num_workers", "0", "--model.init_args.val_max_frames", "3", cwd=tmp_path)  # fmt: skip
     assert "trunk from 'exports/quickstart_sam2_trunk.pt'" in out.stdout
     (sam2_ckpt,) = (tmp_path / "runs/quickstart_sam2").glob("version_*/checkpoints/last.ckpt")
+    clicks = _unveil("clicks", str(sam2_ckpt.relative_to(tmp_path)), "--data", "data/vos_shapes", cwd=tmp_path)
+    assert "miou@1 " in clicks.stdout and "miou@5 " in clicks.stdout and "objects, 1 images)" in clicks.stdout
     pretrained = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     key = "blocks.0.attn.qkv.weight"
     start = torch.load(sam2_ckpt, map_location="cpu", weights_only=True)["state_dict"][
