@@ -28,7 +28,7 @@ from unveil.launch.recipes import RecipeNotFoundError, resolve_recipe, shipped_p
 
 EXIT_USAGE = 2
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
-COMMANDS = (*TRAINER_COMMANDS, "recipes", "synth", "shards", "export", "knn", "slurm", "segment")
+COMMANDS = (*TRAINER_COMMANDS, "recipes", "synth", "shards", "export", "knn", "slurm", "segment", "clicks")
 SYNTH_KINDS = {
     "images": "make_image_folder",
     "videos": "make_video_folder",
@@ -406,6 +406,7 @@ USAGE = """usage: unveil {fit,validate,test,predict,recipes,synth,shards,export,
   unveil knn CKPT --data DIR [--input-size N]    kNN top-1 of a backbone's frozen features (dinov2's protocol)
   unveil slurm --config RECIPE [--nodes N ...]   write an sbatch script for a recipe and submit it
   unveil segment image|video SRC --point ...     SAM 2 masks drawn over an image or a video
+  unveil clicks CKPT --data DIR [--layout sa1b]  SAM 2 mIoU after 1 and 5 simulated clicks on single images
 
 'unveil COMMAND --help' shows the options of a command.
 """
@@ -448,6 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from unveil.launch import segment
 
             return segment.main(rest)
+        elif command == "clicks":  # SAM 2 mIoU after simulated clicks (issue 16)
+            from unveil.launch import clicks
+
+            return clicks.main(rest)
         else:
             raise UsageError(
                 f"unknown command '{command}' (choose from {', '.join(COMMANDS)})"
