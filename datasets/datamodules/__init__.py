@@ -10,7 +10,7 @@ from ``unveil.datasets.datamodules``.
 """
 
 from unveil.datasets.datamodules.audio import AudioDataModule, AudioVideoDataModule
-from unveil.datasets.datamodules.base import _check_common, _LoadersMixin, _ShardsMixin
+from unveil.datasets.datamodules.base import _check_crop, _LoadersMixin, _ShardsMixin
 from unveil.datasets.datamodules.image import ImageDataModule
 from unveil.datasets.datamodules.options import (
     FbankOptions,
@@ -31,7 +31,7 @@ __all__ = [
     "VideoDataModule",
     "_LoadersMixin",
     "_ShardsMixin",
-    "_check_common",
+    "_check_crop",
     "_require",
     "_require_path",
 ]

@@ -11,7 +11,7 @@ from unveil.datasets.audio import FRAMES_PER_SECOND, AudioDataset, AudioPipeline
 from unveil.datasets.audio_video import AudioVideoDataset, AudioVideoPipeline
 from unveil.datasets.datamodules.base import (
     _check_clip_source,
-    _check_common,
+    _check_crop,
     _LoadersMixin,
     _require,
     _require_path,
@@ -25,10 +25,9 @@ from unveil.datasets.shards import (
 from unveil.datasets.video import mae_video_transform, video_eval_transform
 
 
-def _check_audio(owner: str, target_length: int | None, fbank, val_batch_size: int | None) -> FbankOptions:
-    """Check the fbank length and batch size; ``fbank`` as ``FbankOptions`` (from a mapping too)."""
+def _check_audio(owner: str, target_length: int | None, fbank) -> FbankOptions:
+    """Check the fbank length; ``fbank`` as ``FbankOptions`` (from a mapping too)."""
     _require(owner, "target_length", target_length is None or target_length >= 1, ">= 1", target_length)
-    _require(owner, "val_batch_size", val_batch_size is None or val_batch_size >= 1, ">= 1", val_batch_size)
     return as_options(owner, "fbank", fbank, FbankOptions)
 
 
@@ -79,9 +78,9 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         val_batch_size: int | None = None,
         shards: str | list[str] | None = None,
         val_shards: str | list[str] | None = None,
-        shard_options: ShardOptions = ShardOptions(shuffle_buffer=500),  # noqa: B008 - frozen dataclass
+        shard_options: ShardOptions = ShardOptions(shuffle_buffer=500),  # noqa: B008 - never mutated
         shuffle_seed: int = 0,
-        skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - frozen dataclass
+        skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - never mutated
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -102,17 +101,12 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             _require_path(
                 owner, "val_split", Path(root) / val_split, " (set val_split: null for no validation)"
             )
-        _require(owner, "batch_size", batch_size >= 1, ">= 1", batch_size)
-        _require(owner, "num_workers", num_workers >= 0, ">= 0", num_workers)
-        self.fbank = _check_audio(owner, target_length, fbank, val_batch_size)
-        self._init_sources(owner, shards, val_shards, shard_options, skips, shuffle_seed)
+        self.fbank = _check_audio(owner, target_length, fbank)
         self.save_hyperparameters()
-        self._plain_hparams()
+        self._init_loading(**self.hparams)
         self.manifest, self.class_index, self.val_manifest = manifest, class_index, val_manifest
         self.root, self.train_split, self.val_split = root, train_split, val_split
         self.target_length = target_length
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
         self.train_set: AudioDataset | None = None
         self.val_set: AudioDataset | None = None
 
@@ -234,9 +228,9 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         val_batch_size: int | None = None,
         shards: str | list[str] | None = None,
         val_shards: str | list[str] | None = None,
-        shard_options: ShardOptions = ShardOptions(shuffle_buffer=100),  # noqa: B008 - frozen dataclass
+        shard_options: ShardOptions = ShardOptions(shuffle_buffer=100),  # noqa: B008 - never mutated
         shuffle_seed: int = 0,
-        skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - frozen dataclass
+        skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - never mutated
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -245,8 +239,8 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         )
         if class_index is not None:
             _require_path(owner, "class_index", class_index, "")
-        _check_common(owner, input_size, batch_size, num_workers, crop_scale, hflip)
-        fbank = _check_audio(owner, target_length, fbank, val_batch_size)
+        _check_crop(owner, input_size, crop_scale, hflip)
+        fbank = _check_audio(owner, target_length, fbank)
         _require(
             owner,
             "fbank.time_shift",
@@ -290,20 +284,16 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             audio_from,
         )
         _require(owner, "silence_threshold", silence_threshold >= 0, ">= 0", silence_threshold)
-        self._init_sources(owner, shards, val_shards, shard_options, skips, shuffle_seed)
+        _require(owner, "frames_fps", frames_fps > 0, "> 0", frames_fps)
         self.save_hyperparameters()
-        self._plain_hparams()
+        self._init_loading(**self.hparams)
         self.root, self.csv_train, self.csv_val, self.class_index = root, csv_train, csv_val, class_index
         self.train_split, self.val_split = train_split, val_split
         self.duration, self.video_fps, self.num_frames, self.stride = duration, video_fps, num_frames, stride
         self.input_size, self.crop_scale, self.hflip = input_size, tuple(crop_scale), hflip
         self.target_length, self.fbank = target_length, fbank
         self.missing_audio, self.silence_threshold = missing_audio, silence_threshold
-        self.audio_from, self.allow_short = audio_from, allow_short
-        _require(owner, "frames_fps", frames_fps > 0, "> 0", frames_fps)
-        self.frames_fps = frames_fps
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.audio_from, self.allow_short, self.frames_fps = audio_from, allow_short, frames_fps
         self.train_set: AudioVideoDataset | None = None
         self.val_set: AudioVideoDataset | None = None
 

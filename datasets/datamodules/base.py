@@ -27,17 +27,9 @@ from unveil.datasets.shards import (
 from unveil.datasets.skips import SkipCounter
 
 
-def _check_common(
-    owner: str,
-    input_size: int,
-    batch_size: int,
-    num_workers: int,
-    crop_scale: tuple[float, float],
-    hflip: float,
-) -> None:
+def _check_crop(owner: str, input_size: int, crop_scale: tuple[float, float], hflip: float) -> None:
+    """Check the crop arguments of the image and video DataModules."""
     _require(owner, "input_size", input_size >= 1, ">= 1", input_size)
-    _require(owner, "batch_size", batch_size >= 1, ">= 1", batch_size)
-    _require(owner, "num_workers", num_workers >= 0, ">= 0", num_workers)
     _require(
         owner,
         "crop_scale",
@@ -156,8 +148,8 @@ class _ShardsMixin:
     """Switches a DataModule's source between its folders/CSV manifests and WebDataset shards by
     configuration alone (``shards``, ``val_shards``), and applies the skip limits to either source.
 
-    A DataModule using it calls ``_init_sources`` in ``__init__`` and defines ``_shard_decoder(train)``
-    (and ``_shard_collate`` when batches need more than ``default_collate``).
+    A DataModule using it calls ``_init_loading`` (or ``_init_sources``) in ``__init__`` and defines
+    ``_shard_decoder(train)`` (and ``_shard_collate`` when batches need more than ``default_collate``).
     """
 
     batch_size: int
@@ -165,6 +157,35 @@ class _ShardsMixin:
     num_workers: int
     pin_memory: bool
     _shard_collate = staticmethod(default_collate)
+
+    def _init_loading(
+        self,
+        *,
+        batch_size: int,
+        val_batch_size: int | None,
+        num_workers: int,
+        pin_memory: bool,
+        shards,
+        val_shards,
+        shard_options,
+        shuffle_seed: int,
+        skips,
+        **kind_arguments,
+    ) -> None:
+        """Check and keep the loader and source arguments that every DataModule takes. Call it with the saved
+        hyperparameters (``self.save_hyperparameters(); self._init_loading(**self.hparams)``), whose option
+        groups it then keeps as plain mappings; the DataModule's own arguments (``kind_arguments``) are left
+        to it."""
+        owner = type(self).__name__
+        _require(owner, "batch_size", batch_size >= 1, ">= 1", batch_size)
+        _require(
+            owner, "val_batch_size", val_batch_size is None or val_batch_size >= 1, ">= 1", val_batch_size
+        )
+        _require(owner, "num_workers", num_workers >= 0, ">= 0", num_workers)
+        self._init_sources(owner, shards, val_shards, shard_options, skips, shuffle_seed)
+        self._plain_hparams()
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
 
     def _init_sources(self, owner: str, shards, val_shards, shard_options, skips, shuffle_seed: int) -> None:
         """Resolve the shard sources (one line naming the key when they do not exist) and keep the shard,

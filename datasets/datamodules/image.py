@@ -6,7 +6,7 @@ from pathlib import Path
 
 import lightning as L
 from unveil.datasets.datamodules.base import (
-    _check_common,
+    _check_crop,
     _LoadersMixin,
     _require,
     _require_path,
@@ -66,9 +66,9 @@ class ImageDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         val_batch_size: int | None = None,
         shards: str | list[str] | None = None,
         val_shards: str | list[str] | None = None,
-        shard_options: ShardOptions = ShardOptions(),  # noqa: B008 - frozen dataclass
+        shard_options: ShardOptions = ShardOptions(),  # noqa: B008 - never mutated
         shuffle_seed: int = 0,
-        skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - frozen dataclass
+        skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - never mutated
     ) -> None:
         super().__init__()
         owner, hint = type(self).__name__, f" (run 'unveil synth images --out {root}' to generate a dataset)"
@@ -82,18 +82,12 @@ class ImageDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             _require_path(
                 owner, "val_split", Path(root) / val_split, " (set val_split: null for no validation)"
             )
-        _check_common(owner, input_size, batch_size, num_workers, crop_scale, hflip)
+        _check_crop(owner, input_size, crop_scale, hflip)
         _require(owner, "eval_crop_pct", 0 < eval_crop_pct <= 1, "in (0, 1]", eval_crop_pct)
-        _require(
-            owner, "val_batch_size", val_batch_size is None or val_batch_size >= 1, ">= 1", val_batch_size
-        )
-        self._init_sources(owner, shards, val_shards, shard_options, skips, shuffle_seed)
         self.save_hyperparameters()
-        self._plain_hparams()
+        self._init_loading(**self.hparams)
         self.root, self.input_size, self.crop_scale, self.hflip = root, input_size, tuple(crop_scale), hflip
         self.train_split, self.val_split, self.eval_crop_pct = train_split, val_split, eval_crop_pct
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
         self.train_set: ImageFolderDataset | None = None
         self.val_set: ImageFolderDataset | None = None
 

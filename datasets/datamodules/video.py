@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 from unveil.datasets.datamodules.base import (
     _check_clip_source,
-    _check_common,
+    _check_crop,
     _LoadersMixin,
     _require,
     _ShardsMixin,
@@ -84,37 +84,30 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         frames_fps: float = 30.0,
         shards: str | list[str] | None = None,
         val_shards: str | list[str] | None = None,
-        shard_options: ShardOptions = ShardOptions(shuffle_buffer=100),  # noqa: B008 - frozen dataclass
+        shard_options: ShardOptions = ShardOptions(shuffle_buffer=100),  # noqa: B008 - never mutated
         shuffle_seed: int = 0,
-        skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - frozen dataclass
+        skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - never mutated
     ) -> None:
         super().__init__()
         owner = type(self).__name__
         _check_clip_source(
             owner, "videos", root, csv_train, csv_val, train_split, val_split, shards, val_shards
         )
-        _check_common(owner, input_size, batch_size, num_workers, crop_scale, hflip)
+        _check_crop(owner, input_size, crop_scale, hflip)
         for name, value in (
             ("num_frames", num_frames),
             ("sampling_rate", sampling_rate),
             ("repeated_sampling", repeated_sampling),
         ):
             _require(owner, name, value >= 1, ">= 1", value)
-        _require(
-            owner, "val_batch_size", val_batch_size is None or val_batch_size >= 1, ">= 1", val_batch_size
-        )
-        self._init_sources(owner, shards, val_shards, shard_options, skips, shuffle_seed)
-        self.save_hyperparameters()
-        self._plain_hparams()
-        self.require_full_window = require_full_window
         _require(owner, "frames_fps", frames_fps > 0, "> 0", frames_fps)
-        self.frames_fps = frames_fps
+        self.save_hyperparameters()
+        self._init_loading(**self.hparams)
+        self.require_full_window, self.frames_fps = require_full_window, frames_fps
         self.root, self.csv_train, self.csv_val = root, csv_train, csv_val
         self.train_split, self.val_split = train_split, val_split
         self.input_size, self.num_frames, self.sampling_rate = input_size, num_frames, sampling_rate
         self.repeated_sampling, self.crop_scale, self.hflip = repeated_sampling, tuple(crop_scale), hflip
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
         self.train_set: VideoDataset | None = None
         self.val_set: VideoDataset | None = None
 
