@@ -65,7 +65,7 @@ from unveil.datasets.manifests import (
     resolve_labels,
 )
 from unveil.datasets.skips import BadSample
-from unveil.datasets.video import mae_video_transform, video_eval_transform
+from unveil.datasets.video import clip_transform
 
 MissingAudio = Literal["skip", "zeros"]
 AudioFrom = Literal["auto", "track", "file"]
@@ -328,11 +328,7 @@ class AudioVideoPipeline:
             target_length = round(duration * FRAMES_PER_SECOND)
         self.target_length = target_length
         if video_transform is None:
-            video_transform = (
-                mae_video_transform(input_size, crop_scale, hflip, mean, std)
-                if train
-                else video_eval_transform(input_size, mean, std)
-            )
+            video_transform = clip_transform(train, input_size, crop_scale, hflip, mean, std)
         self.video_transform = video_transform
         self.fbank_transform = fbank_transform or FbankTransform(
             target_length, train, freqm, timem, gain, mean=norm_mean, std=norm_std, sample_rate=sample_rate

@@ -104,6 +104,20 @@ def video_eval_transform(
     )
 
 
+def clip_transform(
+    train: bool,
+    input_size: int = 224,
+    crop_scale: tuple[float, float] = (0.5, 1.0),
+    hflip: float = 0.5,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> v2.Compose:
+    """A clip's transform: ``mae_video_transform`` in training, else ``video_eval_transform``."""
+    if train:
+        return mae_video_transform(input_size, crop_scale, hflip, mean, std)
+    return video_eval_transform(input_size, mean, std)
+
+
 # ------------------------------------------------------------------------------------------------ pipeline
 
 
@@ -157,11 +171,7 @@ class VideoPipeline:
         if num_frames < 1 or sampling_rate < 1:
             raise ValueError(f"num_frames and sampling_rate must be >= 1, got {num_frames}, {sampling_rate}")
         if transform is None:
-            transform = (
-                mae_video_transform(input_size, crop_scale, hflip, mean, std)
-                if train
-                else video_eval_transform(input_size, mean, std)
-            )
+            transform = clip_transform(train, input_size, crop_scale, hflip, mean, std)
         self.transform = transform
         self.num_frames, self.sampling_rate, self.train = num_frames, sampling_rate, train
         self.repeated_sampling, self.require_full_window = repeated_sampling, require_full_window

@@ -22,7 +22,7 @@ from unveil.datasets.shards import (
     AudioShardDecoder,
     AudioVideoShardDecoder,
 )
-from unveil.datasets.video import mae_video_transform, video_eval_transform
+from unveil.datasets.video import clip_transform
 
 
 def _check_audio(owner: str, target_length: int | None, fbank) -> FbankOptions:
@@ -300,11 +300,6 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
     def pipeline(self, train: bool) -> AudioVideoPipeline:
         """The clip sampler and augmentation of this DataModule (the shard reader uses the same)."""
         target_length = self.target_length or round(self.duration * FRAMES_PER_SECOND)
-        video = (
-            mae_video_transform(self.input_size, self.crop_scale, self.hflip)
-            if train
-            else video_eval_transform(self.input_size)
-        )
         return AudioVideoPipeline(
             duration=self.duration,
             fps=self.video_fps,
@@ -312,7 +307,7 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
             stride=self.stride,
             train=train,
             target_length=target_length,
-            video_transform=video,
+            video_transform=clip_transform(train, self.input_size, self.crop_scale, self.hflip),
             fbank_transform=self.fbank.transform(target_length, train),
             missing_audio=self.missing_audio,
             silence_threshold=self.silence_threshold,

@@ -17,9 +17,8 @@ from unveil.datasets.shards import (
 from unveil.datasets.video import (
     VideoDataset,
     VideoPipeline,
-    mae_video_transform,
+    clip_transform,
     repeated_collate,
-    video_eval_transform,
 )
 
 
@@ -144,9 +143,7 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         return VideoShardDecoder(pipeline=self.pipeline(train))
 
     def _dataset_transform(self, train: bool):
-        if train:
-            return mae_video_transform(self.input_size, self.crop_scale, self.hflip)
-        return video_eval_transform(self.input_size)
+        return clip_transform(train, self.input_size, self.crop_scale, self.hflip)
 
     @property
     def num_classes(self) -> int:
