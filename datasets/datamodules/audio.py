@@ -31,6 +31,14 @@ def _check_audio(owner: str, target_length: int | None, fbank) -> FbankOptions:
     return as_options(owner, "fbank", fbank, FbankOptions)
 
 
+def _classes_of_shards(class_index: str | None, shard_set) -> str | ClassIndex | None:
+    """The classes of a validation folder/manifest next to training shards: ``class_index`` when given, else
+    the shard index's (labels in shards are class indices fixed when they were made)."""
+    if class_index is None and shard_set.classes is not None:
+        return ClassIndex(tuple(shard_set.class_mids or shard_set.classes), tuple(shard_set.classes))
+    return class_index
+
+
 class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
     """Audio clips as AudioMAE fbanks (``AudioDataset``), for audio MAE pretraining and fine-tuning.
 
@@ -119,14 +127,8 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.shards is not None:
-            # Labels in shards are class indices fixed when they were made; the index names the classes.
             if self.val_set is None and self.val_shards is None and (self.val_manifest or self.root):
-                classes = self.class_index
-                shard_set = self.shard_sets["shards"]
-                if classes is None and shard_set.classes is not None:
-                    classes = ClassIndex(
-                        tuple(shard_set.class_mids or shard_set.classes), tuple(shard_set.classes)
-                    )
+                classes = _classes_of_shards(self.class_index, self.shard_sets["shards"])
                 if self.val_manifest is not None:
                     self.val_set = self._dataset(self.val_manifest, "", False, classes)
                 elif self.val_split is not None:
@@ -324,12 +326,7 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         )
         if self.shards is not None:
             if self.val_set is None and wants_val:
-                classes = self.class_index
-                shard_set = self.shard_sets["shards"]
-                if classes is None and shard_set.classes is not None:
-                    classes = ClassIndex(
-                        tuple(shard_set.class_mids or shard_set.classes), tuple(shard_set.classes)
-                    )
+                classes = _classes_of_shards(self.class_index, self.shard_sets["shards"])
                 self.val_set = self._dataset(self.val_split, self.csv_val, False, classes)
                 self._limit_skips(self.val_set)
             return
