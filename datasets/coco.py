@@ -403,14 +403,10 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         _require(
             owner, "image_size", image_size >= 32 and image_size % 32 == 0, "a multiple of 32", image_size
         )
-        _require(owner, "batch_size", batch_size >= 1, ">= 1", batch_size)
-        self._init_sources(owner, shards, val_shards, shard_options, skips, shuffle_seed)
         self.save_hyperparameters()
-        self._plain_hparams()
+        self._init_loading(**self.hparams)
         self.root, self.image_size, self.scale_range, self.hflip = root, image_size, tuple(scale_range), hflip
         self.train_split, self.val_split = train_split, val_split
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
         self.train_set: CocoInstances | None = None
         self.val_set: CocoInstances | None = None
 
