@@ -126,14 +126,13 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
 
 
-def _run_make_vos(args: argparse.Namespace) -> None:
+def _make_vos(args: argparse.Namespace):
     """Video object segmentation clips (SAM 2 training): a DAVIS/MOSE-layout --root, one sample per video."""
-    from unveil.datasets.shards import read_index
     from unveil.datasets.vos_shards import make_vos_shards
 
     if args.root is None or args.csv is not None:
         raise ValueError("vos shards are made from a DAVIS/MOSE-layout folder: give --root (not --csv)")
-    path = make_vos_shards(
+    return make_vos_shards(
         args.root,
         args.out,
         split=args.split,
@@ -143,16 +142,11 @@ def _run_make_vos(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    index = read_index(path)
-    skipped = ", ".join(f"{reason} {count}" for reason, count in index["skipped"].items()) or "none"
-    print(f"{path}: {index['num_samples']} samples in {len(index['shards'])} shards (skipped: {skipped})")
 
 
-def run_make(args: argparse.Namespace) -> None:
-    from unveil.datasets.shards import EncodeOptions, make_shards, read_index
+def _make(args: argparse.Namespace):
+    from unveil.datasets.shards import EncodeOptions, make_shards
 
-    if args.kind == "vos":
-        return _run_make_vos(args)
     _check(args)
     options = EncodeOptions(
         jpeg_quality=args.jpeg_quality,
@@ -161,7 +155,7 @@ def run_make(args: argparse.Namespace) -> None:
         video_crf=args.video_crf,
         verify=args.verify,
     )
-    path = make_shards(
+    return make_shards(
         args.kind,
         args.out,
         root=args.root,
@@ -176,6 +170,12 @@ def run_make(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
+
+
+def run_make(args: argparse.Namespace) -> None:
+    from unveil.datasets.shards import read_index
+
+    path = _make_vos(args) if args.kind == "vos" else _make(args)
     index = read_index(path)
     skipped = ", ".join(f"{reason} {count}" for reason, count in index["skipped"].items()) or "none"
     print(f"{path}: {index['num_samples']} samples in {len(index['shards'])} shards (skipped: {skipped})")
