@@ -265,6 +265,11 @@ def read_video_csv(csv: str | Path, root: str | Path | None = None) -> list[Vide
     return records
 
 
+def _pipeline_setting(name: str) -> property:
+    """A read-only attribute of a dataset that is its pipeline's ``name``."""
+    return property(lambda self: getattr(self.pipeline, name), doc=f"The pipeline's ``{name}``.")
+
+
 class VideoDataset(PipelineDataset):
     """Video clips for MAE pretraining, from a Kinetics-layout folder or a CSV manifest.
 
@@ -348,33 +353,13 @@ class VideoDataset(PipelineDataset):
         self._init_skipping(max_retries)
 
     # The clip settings are the pipeline's.
-    @property
-    def transform(self):
-        return self.pipeline.transform
-
-    @property
-    def num_frames(self):
-        return self.pipeline.num_frames
-
-    @property
-    def sampling_rate(self):
-        return self.pipeline.sampling_rate
-
-    @property
-    def train(self):
-        return self.pipeline.train
-
-    @property
-    def repeated_sampling(self):
-        return self.pipeline.repeated_sampling
-
-    @property
-    def frames_fps(self):
-        return self.pipeline.frames_fps
-
-    @property
-    def require_full_window(self):
-        return self.pipeline.require_full_window
+    transform = _pipeline_setting("transform")
+    num_frames = _pipeline_setting("num_frames")
+    sampling_rate = _pipeline_setting("sampling_rate")
+    train = _pipeline_setting("train")
+    repeated_sampling = _pipeline_setting("repeated_sampling")
+    frames_fps = _pipeline_setting("frames_fps")
+    require_full_window = _pipeline_setting("require_full_window")
 
     @property
     def num_classes(self) -> int:
