@@ -126,25 +126,16 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
 
 
-def _make_vos(args: argparse.Namespace):
+def _make_vos(args: argparse.Namespace, **writing):
     """Video object segmentation clips (SAM 2 training): a DAVIS/MOSE-layout --root, one sample per video."""
     from unveil.datasets.vos_shards import make_vos_shards
 
     if args.root is None or args.csv is not None:
         raise ValueError("vos shards are made from a DAVIS/MOSE-layout folder: give --root (not --csv)")
-    return make_vos_shards(
-        args.root,
-        args.out,
-        split=args.split,
-        prefix=args.prefix,
-        max_size=args.max_size,
-        max_count=args.max_count,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+    return make_vos_shards(args.root, args.out, split=args.split, **writing)
 
 
-def _make(args: argparse.Namespace):
+def _make(args: argparse.Namespace, **writing):
     from unveil.datasets.shards import EncodeOptions, make_shards
 
     _check(args)
@@ -161,21 +152,24 @@ def _make(args: argparse.Namespace):
         root=args.root,
         split=args.split,
         csv=args.csv,
-        prefix=args.prefix,
-        max_size=args.max_size,
-        max_count=args.max_count,
         options=options,
         class_index=args.class_index,
         workers=args.workers,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
+        **writing,
     )
 
 
 def run_make(args: argparse.Namespace) -> None:
     from unveil.datasets.shards import read_index
 
-    path = _make_vos(args) if args.kind == "vos" else _make(args)
+    writing = {
+        "prefix": args.prefix,
+        "max_size": args.max_size,
+        "max_count": args.max_count,
+        "overwrite": args.overwrite,
+        "progress": not args.quiet,
+    }
+    path = (_make_vos if args.kind == "vos" else _make)(args, **writing)
     index = read_index(path)
     skipped = ", ".join(f"{reason} {count}" for reason, count in index["skipped"].items()) or "none"
     print(f"{path}: {index['num_samples']} samples in {len(index['shards'])} shards (skipped: {skipped})")
