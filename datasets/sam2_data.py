@@ -313,9 +313,19 @@ class SAM2DataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader | list:
-        loaders = [
-            DataLoader(dataset, batch_size=1, num_workers=0, collate_fn=_first)
-            for dataset in (self.val_set, self.val_image_set)
-            if dataset is not None
-        ]
+        loaders = []
+        if self.val_set is not None:
+            loaders.append(DataLoader(self.val_set, batch_size=1, num_workers=0, collate_fn=_first))
+        if self.val_image_set is not None:
+            # its own generator: starting its iterator draws a seed, which must not move the global stream
+            # that training draws from (a run with click evaluation trains as one without)
+            loaders.append(
+                DataLoader(
+                    self.val_image_set,
+                    batch_size=1,
+                    num_workers=0,
+                    collate_fn=_first,
+                    generator=torch.Generator().manual_seed(0),
+                )
+            )
         return loaders[0] if len(loaders) == 1 else loaders

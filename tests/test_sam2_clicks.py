@@ -187,10 +187,19 @@ def _vos(tmp_path: Path) -> Path:
 
 
 def test_validation_step_scores_clicks_on_a_one_frame_sample(tmp_path):
-    from unveil.datasets.sam2_data import VOSFirstFrames
+    from unveil.datasets.sam2_data import SAM2DataModule, VOSFirstFrames
     from unveil.finetune.sam2_train import SAM2FineTune
 
-    sample = VOSFirstFrames(_vos(tmp_path), size=64, max_videos=1)[0]
+    root = _vos(tmp_path)
+    sample = VOSFirstFrames(root, size=64, max_videos=1)[0]
+    # the images' loader beside the videos' one; reading it leaves the global random stream where it was
+    data = SAM2DataModule(root, image_size=64, num_workers=0, val_first_frames=True)
+    data.setup("validate")
+    videos, images = data.val_dataloader()
+    state = torch.get_rng_state()
+    first = next(iter(images))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(first["frames"], sample["frames"]) and len(images) == len(videos) == 2
     module = SAM2FineTune(size="tiny", image_size=64, trunk_args={"window_spec": (8, 4, 8, 4)}, val_clicks=3)
     module.eval()
     module.on_validation_epoch_start()
@@ -346,3 +355,30 @@ def test_clicks_command_on_an_official_checkpoint_matches_the_model_in_memory(tm
     assert f"miou@1 {expected['miou@1']:.4f}  miou@2 {expected['miou@2']:.4f}" in capsys.readouterr().out
     with pytest.raises(UsageError, match="not a SAM2FineTune checkpoint; give the SAM 2 size with --size"):
         clicks.main(args)
+
+
+@pytest.mark.slow
+def test_the_click_loop_runs_on_the_official_image_predictor_alike():
+    """The same clicks and IoUs through the official ``SAM2ImagePredictor`` (random SAM 2.1 tiny weights at
+    128 px) and through unveil's ImagePredictor holding the same weights."""
+    sam2_official = pytest.importorskip("sam2.build_sam")
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+    from unveil.models.sam2 import SAM2, ImagePredictor, SAM2Config
+
+    torch.manual_seed(0)
+    official = sam2_official.build_sam2(
+        "configs/sam2.1/sam2.1_hiera_t.yaml",
+        None,
+        device="cpu",
+        hydra_overrides_extra=["++model.image_size=128"],
+    ).eval()
+    ours = SAM2(SAM2Config(trunk="tiny", image_size=128)).eval()
+    ours.load_official_state_dict({"model": official.state_dict()})
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (96, 120, 3), dtype=np.uint8)
+    masks = np.stack([_rect(96, 120, 10, 60, 10, 70), _rect(96, 120, 50, 90, 60, 115)])
+    expected = evaluate_clicks(SAM2ImagePredictor(official), [(image, masks)], num_clicks=5)
+    result = evaluate_clicks(ImagePredictor(ours), [(image, masks)], num_clicks=5)
+    assert result["objects"] == expected["objects"] == 2
+    for k in range(1, 6):
+        assert abs(result[f"miou@{k}"] - expected[f"miou@{k}"]) < 1e-3, (k, result, expected)
