@@ -7,6 +7,10 @@
    encoder per frame).
 
 Both sides get the same weights; ratios are official time / unveil time (above 1: unveil is faster).
+Each round times both sides, the one that goes first alternating. Printed: the median and the best
+wall-clock time per side, the median of the per-round ratios, and the same ratio in CPU time (the
+process's CPU seconds: on a machine shared with other jobs it moves less than wall-clock time, as
+time spent waiting for a core is not counted; with one thread it is the compute time).
 
     python benchmarks/sam2_speed.py [--model tiny] [--size 1024] [--rounds 3] [--frames 6]
 
@@ -20,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 CONFIGS = {"tiny": "configs/sam2.1/sam2.1_hiera_t.yaml", "base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml"}
@@ -41,13 +46,31 @@ def build(model: str, size: int, video: bool):
     return official, ours
 
 
-def best_of(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed(fn) -> tuple[float, float]:
+    """(wall-clock seconds, CPU seconds of this process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def alternate(official, ours, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Per round (wall, cpu) of each side; who goes first alternates, so that load hits both."""
+    times: dict[str, list[tuple[float, float]]] = {"official": [], "unveil": []}
+    for r in range(rounds):
+        order = [("official", official), ("unveil", ours)]
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            times[name].append(fn())
+    return times
+
+
+def report(what: str, unit: str, scale: float, times: dict[str, list[tuple[float, float]]]) -> None:
+    a, b = np.array(times["official"]), np.array(times["unveil"])  # [rounds, (wall, cpu)]
+    wall, cpu = np.median(a[:, 0] / b[:, 0]), np.median(a[:, 1] / b[:, 1])
+    print(
+        f"{what}: official {np.median(a[:, 0]) * scale:.0f} {unit} (best {a[:, 0].min() * scale:.0f}), "
+        f"unveil {np.median(b[:, 0]) * scale:.0f} {unit} (best {b[:, 0].min() * scale:.0f}); "
+        f"official/unveil median of {len(a)} rounds {wall:.3f}x wall-clock, {cpu:.3f}x CPU time"
+    )
 
 
 def image_encoder(args) -> None:
@@ -55,17 +78,11 @@ def image_encoder(args) -> None:
     x = torch.randn(1, 3, args.size, args.size)
     with torch.inference_mode():
         official.forward_image(x), ours.forward_image(x)  # warm-up
-        t_official, t_ours = [], []
-        for _ in range(args.rounds):  # alternate, so that load on the machine hits both
-            t_official.append(best_of(lambda: official.forward_image(x), 1))
-            t_ours.append(best_of(lambda: ours.forward_image(x), 1))
-    a, b = min(t_official), min(t_ours)
-    print(f"image encoder ({args.model}, {args.size}px): official {a * 1000:.0f} ms, unveil {b * 1000:.0f} ms, "
-          f"official/unveil {a / b:.2f}x")
+        times = alternate(lambda: timed(lambda: official.forward_image(x)), lambda: timed(lambda: ours.forward_image(x)), args.rounds)
+    report(f"image encoder ({args.model}, {args.size}px)", "ms", 1000, times)
 
 
 def video(args) -> None:
-    import numpy as np
     from PIL import Image
 
     official, ours = build(args.model, args.size, video=True)
@@ -75,21 +92,16 @@ def video(args) -> None:
         for t in range(args.frames):
             Image.fromarray((rng.random((480, 640, 3)) * 255).astype(np.uint8)).save(folder / f"{t:05d}.jpg")
 
-        def track(predictor) -> float:
+        def track(predictor) -> tuple[float, float]:
+            """Per-frame (wall, cpu) of propagation after a click on frame 0 (opening the video and
+            the click are not timed: the official predictor decodes every frame when opening)."""
             state = predictor.init_state(str(folder))
             predictor.add_new_points_or_box(state, 0, 1, points=[[320, 240]], labels=[1])
-            start = time.perf_counter()
-            for _ in predictor.propagate_in_video(state):
-                pass
-            return (time.perf_counter() - start) / args.frames
+            wall, cpu = timed(lambda: [None for _ in predictor.propagate_in_video(state)])
+            return wall / args.frames, cpu / args.frames
 
-        t_official, t_ours = [], []
-        for _ in range(args.rounds):
-            t_official.append(track(official))
-            t_ours.append(track(ours))
-    a, b = min(t_official), min(t_ours)
-    print(f"video propagation ({args.model}, {args.size}px, {args.frames} frames): official {a * 1000:.0f} ms/frame, "
-          f"unveil {b * 1000:.0f} ms/frame, official/unveil {a / b:.2f}x")
+        times = alternate(lambda: track(official), lambda: track(ours), args.rounds)
+    report(f"video propagation ({args.model}, {args.size}px, {args.frames} frames)", "ms/frame", 1000, times)
 
 
 def main() -> None:

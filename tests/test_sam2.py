@@ -469,6 +469,51 @@ def test_segment_image_cli_with_an_official_checkpoint_gives_the_official_mask(t
     assert result.returncode == 2 and "--point" in result.stderr
 
 
+# ---- memory attention ----------------------------------------------------------------------------
+
+
+def test_memory_attention_matches_official_in_inference_and_under_autograd():
+    """RoPE memory attention on two memory maps plus object-pointer tokens (not rotated), batch 2: the
+    inference path (keys rotated map by map into one new tensor) and the autograd path (rotation, then
+    concatenation) both give the official output, and the autograd path the official gradients."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from unveil.models.sam2.memory import MemoryAttention
+
+    config = OmegaConf.load(Path(sam2_official.__file__).parent / CONFIGS["tiny"])
+    torch.manual_seed(0)
+    official = instantiate(config.model.memory_attention).eval()  # the official module alone, from its config
+    with torch.no_grad():
+        for p in official.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    ours = MemoryAttention(256, 64).eval()
+    ours.load_state_dict(official.state_dict())
+    hw, maps, ptr_tokens, batch = 64, 2, 8, 2  # an 8 x 8 map at 128 px
+    torch.manual_seed(1)
+    current, current_pos = torch.randn(batch, hw, 256), torch.randn(batch, hw, 256)
+    memory, memory_pos = torch.randn(batch, maps * hw + ptr_tokens, 64), torch.randn(batch, maps * hw + ptr_tokens, 64)
+
+    def reference(current, memory):
+        seq_first = [current.transpose(0, 1)], memory.transpose(0, 1), [current_pos.transpose(0, 1)], memory_pos.transpose(0, 1)
+        return official(*seq_first, num_obj_ptr_tokens=ptr_tokens).transpose(0, 1)
+
+    def autograd(run):
+        c, m = current.clone().requires_grad_(), memory.clone().requires_grad_()
+        out = run(c, m)
+        out.square().sum().backward()
+        return out.detach(), c.grad, m.grad
+
+    # the official rotation is first made under autograd (its cache would be an inference tensor)
+    expected = autograd(reference)
+    with torch.inference_mode():
+        assert close("memory attention (inference)", (ours(current, current_pos, memory, memory_pos, ptr_tokens) - expected[0]).abs().max())
+    # ours after an inference pass: its cached rotation serves autograd too
+    got = autograd(lambda c, m: ours(c, current_pos, m, memory_pos, ptr_tokens))
+    assert close("memory attention (autograd)", (got[0] - expected[0]).abs().max())
+    for ref_grad, grad in zip(expected[1:], got[1:]):
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-4)
+
+
 # ---- frames --------------------------------------------------------------------------------------
 
 

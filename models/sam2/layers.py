@@ -195,12 +195,29 @@ def axial_rope_angles(head_dim: int, width: int, height: int, theta: float = 100
     return torch.cat([torch.outer(t_x, freqs), torch.outer(t_y, freqs)], dim=-1)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive channel pairs of x [..., N, D] by angles given as cos/sin [N, D/2]."""
-    pairs = x.float().unflatten(-1, (-1, 2))  # [..., N, D/2, 2]
-    real, imag = pairs[..., 0], pairs[..., 1]
-    out = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+def _rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive channel pairs of x [..., N, D] by unit complex numbers rotation [N, D/2]
+    (each pair read as one complex number: one complex multiply, no intermediate tensors)."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # [..., N, D/2] complex view
+    return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
+
+
+def _rotate_keys(k: torch.Tensor, rotation: torch.Tensor, num_rope: int) -> torch.Tensor:
+    """Keys [B, heads, M, D]: the first ``num_rope`` are maps of ``N = len(rotation)`` tokens each,
+    every map rotated alike; the rest pass unchanged.
+
+    The maps are a free view [B, heads, num_rope / N, N, D/2] that broadcasts against rotation, so
+    the rotation is never repeated. Without autograd, the rotated keys and the unrotated tail are
+    written into one new tensor (no concatenation)."""
+    n = rotation.shape[0]
+    maps = k[:, :, :num_rope].unflatten(2, (num_rope // n, n))  # [B, heads, maps, N, D]
+    if k.dtype != torch.float32 or (torch.is_grad_enabled() and k.requires_grad):
+        return torch.cat([_rotate(maps, rotation).flatten(2, 3), k[:, :, num_rope:]], dim=2)
+    out = torch.empty(k.shape, dtype=k.dtype, device=k.device)  # [B, heads, M, D]
+    rotated = torch.view_as_complex(out[:, :, :num_rope].unflatten(2, maps.shape[2:4]).unflatten(-1, (-1, 2)))
+    torch.mul(torch.view_as_complex(maps.unflatten(-1, (-1, 2))), rotation, out=rotated)
+    out[:, :, num_rope:] = k[:, :, num_rope:]
+    return out
 
 
 class RoPEAttention(Attention):
@@ -215,29 +232,34 @@ class RoPEAttention(Attention):
         super().__init__(*args, **kwargs)
         self.theta = theta
         self.repeat_for_keys = repeat_for_keys
-        self._angles: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rotations: dict[tuple, torch.Tensor] = {}
 
-    def _cos_sin(self, num_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rotation(self, num_tokens: int, device) -> torch.Tensor:
+        """[num_tokens, head_dim / 2] unit complex numbers, computed once per map size and device
+        (as a plain tensor even inside ``inference_mode``, so that autograd can use it later)."""
         key = (num_tokens, str(device))
-        if key not in self._angles:
+        if key not in self._rotations:
             side = math.isqrt(num_tokens)
             if side * side != num_tokens:
                 raise ValueError(f"RoPEAttention expects a square map of queries, got {num_tokens} tokens")
-            angles = axial_rope_angles(self.inner_dim // self.heads, side, side, self.theta, device)
-            self._angles[key] = (angles.cos(), angles.sin())
-        return self._angles[key]
+            with torch.inference_mode(False), torch.no_grad():
+                angles = axial_rope_angles(self.inner_dim // self.heads, side, side, self.theta, device)
+                self._rotations[key] = torch.polar(torch.ones_like(angles), angles)
+        return self._rotations[key]
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0
     ) -> torch.Tensor:
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
-        cos, sin = self._cos_sin(q.shape[-2], q.device)
-        q = _rotate(q, cos, sin)
+        rotation = self._rotation(q.shape[-2], q.device)
+        q = _rotate(q, rotation)
         num_rope = k.shape[-2] - num_k_exclude_rope
         if num_rope > 0:
             if num_rope != q.shape[-2] and not self.repeat_for_keys:
                 raise ValueError("keys and queries differ in length: RoPE on keys needs repeat_for_keys=True")
-            repeats = num_rope // q.shape[-2]
-            k_rope = _rotate(k[:, :, :num_rope], cos.repeat(repeats, 1), sin.repeat(repeats, 1))
-            k = torch.cat([k_rope, k[:, :, num_rope:]], dim=2)
+            if num_rope % q.shape[-2]:
+                raise ValueError(
+                    f"RoPEAttention: {num_rope} rotated keys are not whole maps of {q.shape[-2]} tokens"
+                )
+            k = _rotate_keys(k, rotation, num_rope)
         return self._attend(q, k, v)

@@ -92,13 +92,14 @@ class MemoryAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, num_k_exclude_rope: int
+        self, x: torch.Tensor, memory: torch.Tensor, memory_keys: torch.Tensor, num_k_exclude_rope: int
     ) -> torch.Tensor:
-        """x [B, HW, dim]; memory, memory_pos [B, M, mem_dim] → [B, HW, dim]."""
+        """x [B, HW, dim]; memory [B, M, mem_dim] (the values) and memory_keys (memory plus its
+        position encoding, the same for every layer) → [B, HW, dim]."""
         y = self.norm1(x)
         x = x + self.dropout(self.self_attn(y, y, y))
         y = self.norm2(x)
-        x = x + self.dropout(self.cross_attn_image(y, memory + memory_pos, memory, num_k_exclude_rope))
+        x = x + self.dropout(self.cross_attn_image(y, memory_keys, memory, num_k_exclude_rope))
         y = self.linear2(self.dropout(F.relu(self.linear1(self.norm3(x)))))
         return x + self.dropout(y)
 
@@ -129,6 +130,7 @@ class MemoryAttention(nn.Module):
             [B, HW, dim].
         """
         x = current + 0.1 * current_pos
+        memory_keys = memory + memory_pos  # [B, M, mem_dim], once for all layers
         for layer in self.layers:
-            x = layer(x, memory, memory_pos, num_obj_ptr_tokens)
+            x = layer(x, memory, memory_keys, num_obj_ptr_tokens)
         return self.norm(x)
