@@ -328,7 +328,7 @@ class AudioVideoPipeline:
             target_length = round(duration * FRAMES_PER_SECOND)
         self.target_length = target_length
         if video_transform is None:
-            video_transform = clip_transform(train, input_size, crop_scale, hflip, mean, std)
+            video_transform = clip_transform(train, input_size, crop_scale, hflip, mean=mean, std=std)
         self.video_transform = video_transform
         self.fbank_transform = fbank_transform or FbankTransform(
             target_length, train, freqm, timem, gain, mean=norm_mean, std=norm_std, sample_rate=sample_rate

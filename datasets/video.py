@@ -109,13 +109,13 @@ def clip_transform(
     input_size: int = 224,
     crop_scale: tuple[float, float] = (0.5, 1.0),
     hflip: float = 0.5,
-    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    **norm,
 ) -> v2.Compose:
-    """A clip's transform: ``mae_video_transform`` in training, else ``video_eval_transform``."""
+    """A clip's transform: ``mae_video_transform`` in training, else ``video_eval_transform`` (``norm``: their
+    ``mean`` and ``std``)."""
     if train:
-        return mae_video_transform(input_size, crop_scale, hflip, mean, std)
-    return video_eval_transform(input_size, mean, std)
+        return mae_video_transform(input_size, crop_scale, hflip, **norm)
+    return video_eval_transform(input_size, **norm)
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
@@ -171,7 +171,7 @@ class VideoPipeline:
         if num_frames < 1 or sampling_rate < 1:
             raise ValueError(f"num_frames and sampling_rate must be >= 1, got {num_frames}, {sampling_rate}")
         if transform is None:
-            transform = clip_transform(train, input_size, crop_scale, hflip, mean, std)
+            transform = clip_transform(train, input_size, crop_scale, hflip, mean=mean, std=std)
         self.transform = transform
         self.num_frames, self.sampling_rate, self.train = num_frames, sampling_rate, train
         self.repeated_sampling, self.require_full_window = repeated_sampling, require_full_window
