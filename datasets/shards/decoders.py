@@ -84,8 +84,8 @@ class ImageShardDecoder(ShardDecoder):
 
 class VideoShardDecoder(ShardDecoder):
     """Video shard samples (``mp4``/... + ``json``/``cls``) -> ``{"video", "label", "key"}``, through the
-    ``VideoPipeline`` of ``VideoDataset`` (its arguments, or ``pipeline``); the json's ``start``/``end``
-    segment is honoured. ``video`` is [3, T, S, S], or [R, 3, T, S, S] with ``repeated_sampling`` R > 1
+    ``VideoPipeline`` of ``VideoDataset`` (``pipeline``, else ``VideoPipeline(transform, **clip)``, e.g.
+    ``num_frames``, ``sampling_rate``, ``train``); the json's ``start``/``end`` segment is honoured. ``video`` is [3, T, S, S], or [R, 3, T, S, S] with ``repeated_sampling`` R > 1
     (batch those with ``repeated_collate``)."""
 
     fields, what = VIDEO_FIELDS, "video"
@@ -93,20 +93,12 @@ class VideoShardDecoder(ShardDecoder):
     def __init__(
         self,
         transform: Callable[[tv_tensors.Video], torch.Tensor] | None = None,
-        num_frames: int = 16,
-        sampling_rate: int = 4,
-        train: bool = True,
-        repeated_sampling: int = 1,
-        require_full_window: bool = False,
         pipeline=None,
+        **clip,
     ) -> None:
         from unveil.datasets.video import VideoPipeline
 
-        if pipeline is None:
-            pipeline = VideoPipeline(
-                transform, num_frames, sampling_rate, train, repeated_sampling, require_full_window
-            )
-        super().__init__(pipeline)
+        super().__init__(pipeline if pipeline is not None else VideoPipeline(transform, **clip))
 
     def load_options(self, sample: dict) -> dict:
         meta = sample_meta(sample)
