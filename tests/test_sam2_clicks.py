@@ -250,7 +250,7 @@ def test_validation_logs_miou_on_single_images_and_jf_on_videos(tmp_path):
 # ------------------------------------------------------------------------------- prompt generator on resume
 
 
-def test_prompt_generator_state_travels_with_the_checkpoint():
+def test_prompt_generator_state_travels_with_the_checkpoint(tmp_path):
     from unveil.finetune.sam2_train import SAM2FineTune
 
     args = {"size": "tiny", "image_size": 64, "trunk_args": {"window_spec": (8, 4, 8, 4)}}
@@ -258,6 +258,8 @@ def test_prompt_generator_state_travels_with_the_checkpoint():
     torch.rand(5, generator=module.generator)  # some training steps' draws
     checkpoint = {}
     module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "state.ckpt")  # a plain tensor: loads with weights_only
+    checkpoint = torch.load(tmp_path / "state.ckpt", weights_only=True)
     expected = torch.rand(4, generator=module.generator)
     resumed = SAM2FineTune(**args, prompt_seed=3)
     resumed.on_load_checkpoint(checkpoint)
@@ -377,8 +379,11 @@ def test_the_click_loop_runs_on_the_official_image_predictor_alike():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (96, 120, 3), dtype=np.uint8)
     masks = np.stack([_rect(96, 120, 10, 60, 10, 70), _rect(96, 120, 50, 90, 60, 115)])
-    expected = evaluate_clicks(SAM2ImagePredictor(official), [(image, masks)], num_clicks=5)
+    reference = SAM2ImagePredictor(official)
+    reference._bb_feat_sizes = [(32, 32), (16, 16), (8, 8)]  # the official class assumes 1024 px inputs
+    expected = evaluate_clicks(reference, [(image, masks)], num_clicks=5)
     result = evaluate_clicks(ImagePredictor(ours), [(image, masks)], num_clicks=5)
     assert result["objects"] == expected["objects"] == 2
+    assert 0.0 < expected["miou@1"] < 1.0  # a comparison of something (measured: 0.2019 on both sides)
     for k in range(1, 6):
         assert abs(result[f"miou@{k}"] - expected[f"miou@{k}"]) < 1e-3, (k, result, expected)
