@@ -10,8 +10,9 @@ default 1024). Images, at their own size, go through :class:`unveil.models.sam2.
 follow :mod:`unveil.finetune.click_eval` (first click at the object's interior-most pixel, each next one
 in the deepest error region, the previous low-res logits fed back). ``--layout vos`` takes the first
 annotated frame of each video of a DAVIS/MOSE folder (``unveil synth vos`` writes one), ``--layout sa1b``
-the images of an SA-1B folder (jpg + json). Prints ``miou@1`` and ``miou@5`` (``--clicks``) over all
-objects; ``--json`` also writes every mIoU@k. Mistakes stop the command with one line and exit 2.
+the images of an SA-1B folder (jpg + json; unreadable ones and those without a usable mask are left out).
+Prints ``miou@1`` and ``miou@5`` (``--clicks``) over all objects; ``--json`` also writes every mIoU@k.
+Mistakes stop the command with one line and exit 2.
 """
 
 from __future__ import annotations
@@ -91,8 +92,12 @@ def _images(args: argparse.Namespace):
     count = len(dataset) if args.images is None else min(args.images, len(dataset))
     if count == 0:
         raise UsageError(f"no image in '{args.data}' ({args.layout} layout)")
+    seen = set()
     for index in range(count):
-        sample = dataset[index]
+        sample = dataset[index]  # an unreadable image is replaced by the next one: each is scored once
+        if sample["key"] in seen:
+            continue
+        seen.add(sample["key"])
         yield sample["frames"][0].permute(1, 2, 0).numpy(), sample["masks"][0].numpy()
 
 

@@ -387,3 +387,34 @@ def test_the_click_loop_runs_on_the_official_image_predictor_alike():
     assert 0.0 < expected["miou@1"] < 1.0  # a comparison of something (measured: 0.2019 on both sides)
     for k in range(1, 6):
         assert abs(result[f"miou@{k}"] - expected[f"miou@{k}"]) < 1e-3, (k, result, expected)
+
+
+def test_clicks_command_on_an_sa1b_folder_scores_each_usable_image_once(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+    from unveil.datasets.sav import encode_rle
+    from unveil.launch import clicks
+
+    root = tmp_path / "sa1b"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    boxes = {
+        "sa_1": [_rect(40, 56, 2, 14, 3, 20), _rect(40, 56, 20, 36, 30, 50)],
+        "sa_2": [],  # no usable mask: left out
+        "sa_3": [_rect(40, 56, 5, 35, 5, 35)],
+    }
+    for name, masks in boxes.items():
+        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(root / f"{name}.jpg")
+        annotations = [
+            {"id": i, "segmentation": encode_rle(m), "area": int(m.sum()), "stability_score": 0.95}
+            for i, m in enumerate(masks)
+        ]
+        image = {"image_id": int(name[3:]), "width": 56, "height": 40, "file_name": f"{name}.jpg"}
+        (root / f"{name}.json").write_text(json.dumps({"image": image, "annotations": annotations}))
+    _finetune_checkpoint(tmp_path / "last.ckpt")
+    args = [str(tmp_path / "last.ckpt"), "--data", str(root), "--layout", "sa1b", "--clicks", "1"]
+    assert clicks.main([*args, "--json", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["images"] == 2 and result["objects"] == 3 and 0.0 <= result["miou@1"] <= 1.0
+    assert "miou@5" not in result and "(3 objects, 2 images)" in capsys.readouterr().out
