@@ -418,3 +418,42 @@ def test_clicks_command_on_an_sa1b_folder_scores_each_usable_image_once(tmp_path
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["images"] == 2 and result["objects"] == 3 and 0.0 <= result["miou@1"] <= 1.0
     assert "miou@5" not in result and "(3 objects, 2 images)" in capsys.readouterr().out
+
+
+class _FixedImages(torch.utils.data.Dataset):
+    """Four one-frame samples with two objects each (the prompt draws do not depend on the data order)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> dict:
+        frames = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(index))
+        masks = torch.from_numpy(np.stack([_rect(64, 64, 5, 30, 5, 30), _rect(64, 64, 30, 60, 20, 50)]))[None]
+        return {"frames": frames, "masks": masks, "key": str(index)}
+
+
+@pytest.mark.slow
+def test_a_resumed_fit_continues_the_prompt_generator(tmp_path):
+    import lightning as L
+    from unveil.datasets.sam2_data import SAM2DataModule
+    from unveil.finetune.sam2_train import SAM2FineTune
+
+    def fit(max_steps: int, ckpt_path=None):
+        module = SAM2FineTune(
+            size="tiny", image_size=64, trunk_args={"window_spec": (8, 4, 8, 4)}, prompt_seed=5
+        )
+        data = SAM2DataModule(image_size=64, train_dataset=_FixedImages(), num_workers=0)
+        trainer = L.Trainer(
+            accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        return trainer, module
+
+    trainer, _ = fit(1)
+    trainer.save_checkpoint(tmp_path / "step1.ckpt")
+    _, continuous = fit(2)
+    _, resumed = fit(2, ckpt_path=tmp_path / "step1.ckpt")
+    assert torch.equal(resumed.generator.get_state(), continuous.generator.get_state())
+    _, fresh = fit(1)  # one step from the seed alone: another state
+    assert not torch.equal(fresh.generator.get_state(), continuous.generator.get_state())
