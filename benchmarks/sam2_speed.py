@@ -69,7 +69,9 @@ def report(what: str, unit: str, scale: float, times: dict[str, list[tuple[float
     print(
         f"{what}: official {np.median(a[:, 0]) * scale:.0f} {unit} (best {a[:, 0].min() * scale:.0f}), "
         f"unveil {np.median(b[:, 0]) * scale:.0f} {unit} (best {b[:, 0].min() * scale:.0f}); "
-        f"official/unveil median of {len(a)} rounds {wall:.3f}x wall-clock, {cpu:.3f}x CPU time"
+        f"official/unveil median of {len(a)} rounds {wall:.3f}x wall-clock, {cpu:.3f}x CPU time "
+        f"(per round: {' '.join(f'{x:.2f}' for x in a[:, 0] / b[:, 0])} wall, "
+        f"{' '.join(f'{x:.2f}' for x in a[:, 1] / b[:, 1])} CPU)"
     )
 
 
