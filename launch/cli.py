@@ -18,6 +18,7 @@ data folder, say) are reported the same way; set UNVEIL_DEBUG=1 to see their tra
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -41,6 +42,18 @@ SYNTH_KINDS = {
 
 class UsageError(Exception):
     """A mistake in the command line or the recipe; ``main`` prints it as one line and exits with 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes raise ``UsageError`` (one line, exit status 2) instead of printing the usage;
+    ``error_format`` wraps the message (``"slurm: {}"``)."""
+
+    def __init__(self, *args, error_format: str = "{}", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.error_format = error_format
+
+    def error(self, message: str):
+        raise UsageError(self.error_format.format(message))
 
 
 # --------------------------------------------------------------------------------------- error messages

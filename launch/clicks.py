@@ -22,18 +22,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from unveil.launch.cli import UsageError
+from unveil.launch.cli import OneLineParser, UsageError
 
 __all__ = ["build_parser", "main", "run_clicks"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="unveil clicks", description="mIoU of SAM 2 after simulated clicks on single images."
     )
     parser.add_argument(

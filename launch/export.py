@@ -53,7 +53,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from torch import nn
-from unveil.launch.cli import UsageError
+from unveil.launch.cli import OneLineParser, UsageError
 
 FORMATS = ("unveil", "hiera", "timm", "sam2", "safetensors")
 ENCODERS = ("audio", "video", "both")
@@ -67,15 +67,9 @@ _KEY_FORMAT = {
 _BACKBONE_ONLY = r"^(norm|head)\."  # what a backbone-only file may leave out of a Hiera
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes become one-line ``UsageError``s (``unveil`` prints them, exit status 2)."""
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see 'unveil export --help')")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
+        error_format="{} (see 'unveil export --help')",
         prog="unveil export",
         description="Write the backbone of a checkpoint (the MAE decoder, MAViL's fusion encoder, decoders "
         "and heads dropped) for another codebase.",

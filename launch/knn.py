@@ -21,16 +21,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from unveil.launch.cli import UsageError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse's own style would print the usage first)
-        raise UsageError(message)
+from unveil.launch.cli import OneLineParser, UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="unveil knn", description="kNN top-1 of a backbone's frozen features (dinov2 protocol)."
     )
     parser.add_argument(

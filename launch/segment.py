@@ -22,16 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from unveil.launch.cli import UsageError
+from unveil.launch.cli import OneLineParser, UsageError
 
 # trunk (embed dim, blocks) → SAM 2 size
 _SIZES = {(96, 12): "tiny", (96, 16): "small", (112, 24): "base_plus", (144, 48): "large"}
 _COLOURS = np.array([[30, 144, 255], [255, 80, 60], [60, 200, 90], [250, 200, 40], [180, 90, 230]], dtype=np.float32)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(message)
 
 
 def _floats(text: str, count: int, what: str) -> list[float]:
@@ -45,8 +40,8 @@ def _floats(text: str, count: int, what: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="unveil segment", description="SAM 2 masks drawn over an image or a video")
-    sub = parser.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="unveil segment", description="SAM 2 masks drawn over an image or a video")
+    sub = parser.add_subparsers(dest="kind", required=True, parser_class=OneLineParser)
     for kind in ("image", "video"):
         p = sub.add_parser(kind)
         p.add_argument("source", help="image file" if kind == "image" else "mp4 file or folder of JPEG frames")

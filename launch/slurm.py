@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from unveil.launch.cli import UsageError, parse_recipe
+from unveil.launch.cli import OneLineParser, UsageError, parse_recipe
 
 SIGNAL_LEAD_S = 90  # seconds before the time limit: enough for rank 0 to write a checkpoint of a large model
 CONFIG_NAME = "config.yaml"
@@ -57,13 +57,6 @@ _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 # --------------------------------------------------------------------------------------- command line
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes become ``UsageError`` (one line, exit 2) instead of a usage dump."""
-
-    def error(self, message: str):
-        raise UsageError(f"slurm: {message}")
 
 
 def check_time(text: str) -> str:
@@ -100,7 +93,8 @@ def _count(minimum: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
+        error_format="slurm: {}",
         prog="unveil slurm",
         description="Write an sbatch script for a recipe in a run folder and submit it; the job resumes from "
         "its checkpoints after preemption, a time limit or a resubmission. Any other --key value is a recipe "
