@@ -19,11 +19,12 @@ import yaml
 from safetensors import safe_open
 from timm.models.hieradet_sam2 import HieraDet as TimmHieraDet
 from timm.models.hieradet_sam2 import checkpoint_filter_fn as sam2_filter
+from tiny_configs import TINY_MAVIL as MAVIL
 from torch.utils.data import DataLoader, Dataset
-from unveil.launch.cli import main
-from unveil.models import MaskedAutoencoderHiera
 from unveil.common.checkpoints import ARCHITECTURE_KEY, build_backbone, load_backbone
+from unveil.launch.cli import main
 from unveil.launch.export_targets import official_hiera_spec, timm_hiera_spec, timm_vit_spec
+from unveil.models import MaskedAutoencoderHiera
 from unveil.models.convert import hiera_backbone_config, official_to_timm
 from unveil.models.hiera import Hiera, hiera_tiny_224
 from unveil.models.mavil import MAViL, VideoEncoder, mavil_encoder_to_timm
@@ -49,21 +50,6 @@ VIDEO = dict(
     sep_pos_embed=True,
     mask_ratio=0.75,
     **TINY,
-)
-MAVIL = dict(
-    audio_size=(64, 128),
-    num_frames=4,
-    image_size=32,
-    patch_size=16,
-    tubelet_frames=2,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    fusion_depth=1,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-    projection_dim=16,
 )
 
 

@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from tiny_configs import TINY_MAVIL as MAVIL
 from torch.utils.data import DataLoader, Dataset
 from unveil.common.checkpoints import ARCHITECTURE_KEY, Architecture, architecture_of, save_backbone
 from unveil.finetune import FineTuneClassifier, LinearProbe, load_pretrained_backbone
@@ -30,21 +31,6 @@ TINY = dict(
     embed_dim=32, num_heads=1, stages=(1, 1, 1, 1), decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=1
 )
 IMAGE = dict(input_size=(64, 64), q_pool=2, **TINY)
-MAVIL = dict(
-    audio_size=(64, 128),
-    num_frames=4,
-    image_size=32,
-    patch_size=16,
-    tubelet_frames=2,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    fusion_depth=1,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-    projection_dim=16,
-)
 
 
 def lightning_checkpoint(model: torch.nn.Module, path: Path) -> Path:
@@ -474,7 +460,7 @@ def test_class_balanced_epochs_follow_audiomaes_gen_weight(tmp_path):
 
 # ---------------------------------------------------------------------------------------- recipes
 
-from unveil.launch.recipes import recipes_dir, shipped_recipes  # noqa: E402
+from unveil.launch.recipes import recipes_dir, shipped_recipes
 
 EVAL_RECIPES = [r.name for r in shipped_recipes() if r.name.startswith(("finetune_", "linprobe_"))]
 CITED = re.compile(
