@@ -71,8 +71,9 @@ def _load_model(args: argparse.Namespace):
     return model, origin
 
 
-def _images(args: argparse.Namespace):
-    """(HxWx3 uint8 image, bool [O, H, W] masks) pairs at the images' own size."""
+def _images(args: argparse.Namespace, stats: dict):
+    """(HxWx3 uint8 image, bool [O, H, W] masks) pairs at the images' own size; ``stats["left_out"]`` counts
+    the images that could not be read or have no usable mask."""
     from unveil.datasets.sa1b import SA1BFolder
     from unveil.datasets.sam2_data import VOSFirstFrames
 
@@ -88,9 +89,11 @@ def _images(args: argparse.Namespace):
     if count == 0:
         raise UsageError(f"no image in '{args.data}' ({args.layout} layout)")
     seen = set()
+    stats["left_out"] = 0
     for index in range(count):
         sample = dataset[index]  # an unreadable image is replaced by the next one: each is scored once
         if sample["key"] in seen:
+            stats["left_out"] += 1
             continue
         seen.add(sample["key"])
         yield sample["frames"][0].permute(1, 2, 0).numpy(), sample["masks"][0].numpy()
@@ -107,8 +110,9 @@ def run_clicks(args: argparse.Namespace) -> dict:
         raise UsageError(f"no folder '{args.data}'")
     model, origin = _load_model(args)
     model = model.to(torch.device(args.device)).eval()
-    result = evaluate_clicks(ImagePredictor(model), _images(args), num_clicks=args.clicks)
-    return {**result, "checkpoint": str(args.checkpoint), "weights": origin, "layout": args.layout}
+    stats: dict = {}
+    result = evaluate_clicks(ImagePredictor(model), _images(args, stats), num_clicks=args.clicks)
+    return {**result, **stats, "checkpoint": str(args.checkpoint), "weights": origin, "layout": args.layout}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_clicks(args)
     shown = sorted({1, args.clicks})
     scores = "  ".join(f"miou@{k} {result[f'miou@{k}']:.4f}" for k in shown if f"miou@{k}" in result)
-    print(f"{scores}  ({result['objects']} objects, {result['images']} images)")
+    left_out = f", {result['left_out']} left out (unreadable or no usable mask)" if result["left_out"] else ""
+    print(f"{scores}  ({result['objects']} objects, {result['images']} images{left_out})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -403,9 +403,14 @@ def test_clicks_command_on_an_sa1b_folder_scores_each_usable_image_once(tmp_path
         "sa_1": [_rect(40, 56, 2, 14, 3, 20), _rect(40, 56, 20, 36, 30, 50)],
         "sa_2": [],  # no usable mask: left out
         "sa_3": [_rect(40, 56, 5, 35, 5, 35)],
+        "sa_4": [_rect(40, 56, 5, 35, 5, 35)],  # a truncated JPEG: left out
+        "sa_5": [_rect(40, 56, 10, 30, 10, 40)],  # a greyscale JPEG, as some real photos are: scored as RGB
     }
     for name, masks in boxes.items():
-        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(root / f"{name}.jpg")
+        channels = (40, 56) if name == "sa_5" else (40, 56, 3)
+        Image.fromarray(rng.integers(0, 256, channels, dtype=np.uint8)).save(root / f"{name}.jpg")
+        if name == "sa_4":
+            (root / f"{name}.jpg").write_bytes((root / f"{name}.jpg").read_bytes()[:200])
         annotations = [
             {"id": i, "segmentation": encode_rle(m), "area": int(m.sum()), "stability_score": 0.95}
             for i, m in enumerate(masks)
@@ -416,8 +421,9 @@ def test_clicks_command_on_an_sa1b_folder_scores_each_usable_image_once(tmp_path
     args = [str(tmp_path / "last.ckpt"), "--data", str(root), "--layout", "sa1b", "--clicks", "1"]
     assert clicks.main([*args, "--json", str(tmp_path / "r.json")]) == 0
     result = json.loads((tmp_path / "r.json").read_text())
-    assert result["images"] == 2 and result["objects"] == 3 and 0.0 <= result["miou@1"] <= 1.0
-    assert "miou@5" not in result and "(3 objects, 2 images)" in capsys.readouterr().out
+    assert result["images"] == 3 and result["objects"] == 4 and 0.0 <= result["miou@1"] <= 1.0
+    assert result["left_out"] == 2  # the truncated JPEG and the image without a mask
+    assert "miou@5" not in result and "(4 objects, 3 images, 2 left out" in capsys.readouterr().out
 
 
 class _FixedImages(torch.utils.data.Dataset):
