@@ -3,6 +3,7 @@ user types it (echoed, stopping the script with the command line when it fails).
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -47,3 +48,32 @@ def fit_command(recipe: str, root: Path, data: Path, seed: int, steps: int, eval
         "--data.init_args.root",
         str(data),
     ]
+
+
+def proof_arguments(
+    argv: list[str] | None, description: str, start: tuple[str, str], data: str, steps: int, work: str,
+    more=None,
+) -> tuple[argparse.Namespace, list[str]]:
+    """The command line every pretrained-vs-random proof takes: ``start`` (its flag and help: the pretrained
+    file; absent means random), ``--data``, ``--steps``, ``--eval-every``, ``--seed``, ``--work``, plus what
+    ``more(parser)`` adds; everything after ``--`` is returned apart, for ``unveil fit``. Bad values stop the
+    script with a one-line message."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(start[0], type=Path, default=None, help=start[1])
+    parser.add_argument("--data", type=Path, default=Path(data))
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path(work))
+    if more is not None:
+        more(parser)
+    args = parser.parse_args(argv)
+    pretrained = getattr(args, start[0].lstrip("-").replace("-", "_"))
+    if pretrained is not None and not pretrained.is_file():
+        raise SystemExit(f"{start[0]} {pretrained}: no such file")
+    if args.eval_every < 1 or args.steps < args.eval_every:
+        raise SystemExit(f"--eval-every must be in [1, --steps], got {args.eval_every} for {args.steps} steps")
+    return args, extra

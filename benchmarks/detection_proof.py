@@ -16,7 +16,6 @@ through the ``unveil fit`` CLI into ``--work/<pretrained|random>``; extra ``unve
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the TensorBoard reader
 import plot_probe_curve
-from cli_runs import fit_command, run, unveil_command
+from cli_runs import fit_command, proof_arguments, run, unveil_command
 
 RUNS = ("pretrained", "random")
 TAGS = tuple(f"val/{iou}_{key}" for iou in ("bbox", "segm") for key in ("AP", "AP_50", "AP_75"))
@@ -48,23 +47,14 @@ def fit(name: str, args, extra: list[str]) -> tuple[list[str], dict[str, list[tu
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--init", type=Path, default=None,
-                        help="an abs-win trunk export, e.g. from 'unveil export --format unveil' (none: random)")
-    parser.add_argument("--data", type=Path, default=Path("data/coco_shapes"))
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=Path("runs/detection_proof"))
-    parser.add_argument("--json", type=Path, default=Path("runs/detection_proof/result.json"))
-    args = parser.parse_args(argv)
-    if args.init is not None and not args.init.is_file():
-        raise SystemExit(f"--init {args.init}: no such file")
-    if args.eval_every < 1 or args.steps < args.eval_every:
-        raise SystemExit(f"--eval-every must be in [1, --steps], got {args.eval_every} for {args.steps} steps")
+    args, extra = proof_arguments(
+        argv, __doc__.split("\n\n")[0],
+        ("--init", "an abs-win trunk export, e.g. from 'unveil export --format unveil' (none: random)"),
+        data="data/coco_shapes", steps=150, work="runs/detection_proof",
+        more=lambda parser: parser.add_argument(
+            "--json", type=Path, default=Path("runs/detection_proof/result.json")
+        ),
+    )
     if not args.data.exists():
         run([*unveil_command(), "synth", "coco", "--out", str(args.data), "--size", "128"])
     elif not (args.data / "annotations").is_dir():

@@ -15,7 +15,6 @@ through the ``unveil fit`` CLI into ``--work/<pretrained|random>``; extra ``unve
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the TensorBoard reader and the Pillow plot of the probe curves
 import plot_probe_curve
-from cli_runs import fit_command, run, unveil_command
+from cli_runs import fit_command, proof_arguments, run, unveil_command
 
 TAG = "val/J&F"
 RUNS = {"pretrained": ((214, 39, 40), "pretrained trunk"), "random": ((31, 119, 180), "random trunk")}
@@ -45,24 +44,11 @@ def fit(name: str, args, extra: list[str]) -> list[tuple[int, float]]:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trunk", type=Path, default=None, help="an abs-win trunk export (none: random)")
-    parser.add_argument("--data", type=Path, default=Path("data/vos_shapes"))
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=Path("runs/sam2_proof"))
-    parser.add_argument("--out", type=Path, default=Path("docs/sam2_proof.png"))
-    args = parser.parse_args(argv)
-    if args.trunk is not None and not args.trunk.is_file():
-        raise SystemExit(f"--trunk {args.trunk}: no such file")
-    if args.eval_every < 1 or args.steps < args.eval_every:
-        raise SystemExit(
-            f"--eval-every must be in [1, --steps], got {args.eval_every} for {args.steps} steps"
-        )
+    args, extra = proof_arguments(
+        argv, __doc__.split("\n\n")[0], ("--trunk", "an abs-win trunk export (none: random)"),
+        data="data/vos_shapes", steps=300, work="runs/sam2_proof",
+        more=lambda parser: parser.add_argument("--out", type=Path, default=Path("docs/sam2_proof.png")),
+    )
     if not args.data.exists():
         run([*unveil_command(), "synth", "vos", "--out", str(args.data)])
     curves = {name: fit(name, args, extra) for name in RUNS}
