@@ -29,7 +29,8 @@ def worker(rank: int, world_size: int, init_file: str, queue) -> None:
     tls, qls = train_labels.split(train_split), query_labels.split(query_split)
     accuracy = knn_accuracy(ts[rank], tls[rank], qs[rank], qls[rank], 4, ks=(1, 5, 20, 200), chunk_size=4)
     scores = knn_predict(ts[rank], tls[rank], queries, 4, ks=(5, 20), chunk_size=7)  # the full query set
-    queue.put((rank, accuracy, {k: v.clone() for k, v in scores.items()}))
+    # plain lists: a tensor crosses the queue as a file descriptor that dies with this process
+    queue.put((rank, accuracy, {k: v.tolist() for k, v in scores.items()}))
     dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
@@ -52,7 +53,7 @@ def main(folder: str) -> None:
     for rank, accuracy, scores in results:
         assert accuracy == expected, (rank, accuracy, expected)
         for k in (5, 20):
-            torch.testing.assert_close(scores[k], expected_scores[k], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(torch.tensor(scores[k]), expected_scores[k], rtol=1e-5, atol=1e-6)
     print("ddp knn ok")
 
 
