@@ -149,27 +149,49 @@ def test_clip_settings_come_from_the_checkpoint_and_the_recipe():
     assert settings["duration"] == 2.0 and settings["video_fps"] == 2.0 and settings["target_length"] == 192
 
 
-@pytest.mark.slow  # about 40 s: the data and four CLI runs
+README = (
+    "knn",
+    "runs/quickstart_mavil/stage1/checkpoints/last.ckpt",
+    "--data",
+    "data/mavil_av",
+    "--modality",
+    "audio",
+    "--config",
+    "quickstart_mavil",
+)
+"""The README's command (a stage-1 checkpoint of quickstart_mavil's sizes stands in for the trained one)."""
+
+
+@pytest.mark.slow  # about a minute: the data and five CLI runs
 def test_unveil_knn_mavil_command(tmp_path):
-    """The README's command through the console script: stage-1 .ckpt, its random-init row, the audio export
-    (same numbers as the .ckpt's audio encoder), and a stage-2 .ckpt fused."""
+    """The README's command through the console script, its random-init row, the audio export (same numbers
+    as the .ckpt's audio encoder), and a stage-2 .ckpt fused."""
     made = unveil("synth", "audiovideo", "--out", "data/mavil_av", *SYNTH, "--size", "32", cwd=tmp_path)
     assert made.returncode == 0, made.stderr[-2000:]
-    mavil_checkpoint(tmp_path / "last.ckpt")
-    common = ("--data", "data/mavil_av", "--num-workers", "0", "--k", "1", "3")
-    result = unveil("knn", "last.ckpt", "--modality", "audio", *common, "--json", "ckpt.json", cwd=tmp_path)
+    folder = tmp_path / "runs/quickstart_mavil/stage1/checkpoints"
+    folder.mkdir(parents=True)
+    quickstart = {"audio_size": (192, 128)}  # quickstart_mavil's fbank; frames and frame size as TINY_MAVIL
+    checkpoint = mavil_checkpoint(folder / "last.ckpt", **quickstart)
+    result = unveil(*README, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(audio)" in result.stdout and "8 train -> 4 val, 2 classes" in result.stdout
-    random = unveil("knn", "last.ckpt", "--modality", "audio", "--random-init", *common, cwd=tmp_path)
+    assert "k=200" in result.stdout
+
+    fast = ("--num-workers", "0", "--k", "1", "3")
+    result = unveil(*README, *fast, "--json", "ckpt.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    random = unveil(*README, *fast, "--random-init", cwd=tmp_path)
     assert random.returncode == 0 and "random init" in random.stdout, random.stderr[-2000:]
 
-    exported = unveil("export", "last.ckpt", "--format", "unveil", "--out", "mavil.pt", cwd=tmp_path)
+    exported = unveil("export", str(checkpoint), "--format", "unveil", "--out", "mavil.pt", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr[-2000:]
-    result = unveil("knn", "mavil.audio.pt", *common, "--json", "export.json", cwd=tmp_path)
+    audio_export = ("knn", "mavil.audio.pt", "--data", "data/mavil_av", "--config", "quickstart_mavil")
+    result = unveil(*audio_export, *fast, "--json", "export.json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt, export = (json.loads((tmp_path / f"{n}.json").read_text())["top1"] for n in ("ckpt", "export"))
     assert ckpt == export
 
-    mavil_checkpoint(tmp_path / "stage2.ckpt", target_dim=32)
-    result = unveil("knn", "stage2.ckpt", "--modality", "audio_video", *common, cwd=tmp_path)
+    mavil_checkpoint(tmp_path / "stage2.ckpt", target_dim=32, **quickstart)
+    stage2 = ("knn", "stage2.ckpt", "--data", "data/mavil_av", "--modality", "audio_video")
+    result = unveil(*stage2, "--config", "quickstart_mavil", *fast, cwd=tmp_path)
     assert result.returncode == 0 and "(audio_video)" in result.stdout, result.stderr[-2000:]
