@@ -7,7 +7,7 @@
     unveil synth images --out DIR [...]              write a synthetic image dataset (ImageNet layout)
     unveil synth videos --out DIR [...]              write a synthetic video dataset (Kinetics layout)
     unveil export CKPT --format FORMAT --out PATH    write a checkpoint's backbone for another codebase
-    unveil knn CKPT --data DIR [...]                 kNN top-1 of a backbone's frozen features on an image folder
+    unveil knn CKPT --data DIR [...]                 kNN top-1 of frozen features (image, audio, video, audio-video)
     unveil slurm --config RECIPE [--nodes N ...]     submit a recipe to SLURM (resumes after preemption)
 
 RECIPE is a YAML path or the name of a shipped recipe (``unveil recipes``). Mistakes in a recipe or on the

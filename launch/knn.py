@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unveil knn", description="kNN top-1 of a backbone's frozen features (dinov2 protocol)."
     )
     parser.add_argument(
-        "checkpoint", help="an unveil export, a pretraining .ckpt, or an official Hiera state dict"
+        "checkpoint",
+        help="an unveil export, a pretraining .ckpt (MAE, MAViL), or an official Hiera state dict",
     )
     parser.add_argument(
         "--data",
