@@ -17,7 +17,12 @@ Data (``--data``; 128 px, every image drawn from its own seeded stream):
 - ``symmetry``: 3-6 random shapes of every kind over a textured background, made symmetric; class = the
   symmetry (none, left-right mirror, top-bottom mirror, both mirrors, 180 and 90 degree rotation, a diagonal
   mirror, all of a square's symmetries). Local statistics are the same for every class: only relations between
-  distant parts tell it, which is what masked reconstruction rewards (a hidden part is a copy of a visible one).
+  distant parts tell it, which is what masked reconstruction rewards (a hidden part is a copy of a visible one);
+- ``textures``: a two-colour periodic pattern over the whole image (stripes, checks, dots, rings, ...), random
+  period, phase, tilt and colours; class = the pattern, each its own mirror image so flips keep the label;
+- ``layouts``: 6 shapes of random kinds and colours over a textured background, placed in one of 8 fixed
+  left-right symmetric arrangements on a 4x4 grid (any two share at most one cell of a half); class = the
+  arrangement: a hidden cell holds a shape or not depending on the arrangement, which only the visible cells tell.
 
 One seed per run, 256 validation images: one standard error near chance is about 0.02. Use
 ``OMP_NUM_THREADS=1`` beside other work (README: "Does pretraining learn?").
@@ -26,6 +31,7 @@ One seed per run, 256 validation images: one standard error near chance is about
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import time
@@ -96,10 +102,79 @@ def symmetry_image(class_index: int, rng: np.random.Generator, size: int) -> Ima
     return Image.fromarray(symmetric(np.asarray(canvas), SYMMETRIES[class_index], rng))
 
 
+TEXTURES = ("stripes_h", "stripes_v", "checker", "diamonds", "dots", "rings", "grid", "zigzag")
+
+
+def texture_image(class_index: int, rng: np.random.Generator, size: int) -> Image.Image:
+    """A two-colour periodic texture; class = the pattern (each is its own mirror image, so flips keep labels)."""
+    period = rng.uniform(10, 22)
+    tilt = rng.uniform(-0.15, 0.15)  # radians
+    coords = np.arange(size, dtype=np.float32) + 0.5
+    y, x = np.meshgrid(coords, coords, indexing="ij")
+    y, x = y * np.cos(tilt) - x * np.sin(tilt), y * np.sin(tilt) + x * np.cos(tilt)
+    y, x = y + rng.uniform(0, period), x + rng.uniform(0, period)
+    w = 2 * np.pi / period
+    kind = TEXTURES[class_index]
+    if kind == "stripes_h":
+        field = np.sin(w * y)
+    elif kind == "stripes_v":
+        field = np.sin(w * x)
+    elif kind == "checker":
+        field = np.sin(w * y) * np.sin(w * x)
+    elif kind == "diamonds":
+        field = np.sin(w * (x + y) / 1.4) * np.sin(w * (x - y) / 1.4)
+    elif kind == "dots":
+        field = 1.0 - 2.0 * (np.hypot((y % period) - period / 2, (x % period) - period / 2) > period * 0.28)
+    elif kind == "rings":
+        cy, cx = rng.uniform(0, size, size=2)
+        field = np.sin(w * np.hypot(y - cy, x - cx))
+    elif kind == "grid":
+        field = 1.0 - 2.0 * (np.minimum(y % period, x % period) > period * 0.22)
+    else:  # zigzag: horizontal stripes bent by a triangle wave
+        field = np.sin(w * (y + np.abs((x % period) - period / 2)))
+    mix = 1 / (1 + np.exp(-4 * field))[..., None]
+    first, second = np.array(synth._random_color(rng)), rng.uniform(30, 220, size=3)
+    pixels = mix * first + (1 - mix) * second + rng.normal(0, 6, size=(size, size, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _layouts() -> list[list[tuple[int, int]]]:
+    """8 fixed arrangements of 3 cells in the left half of a 4x4 grid (mirrored to the right); any two share at
+    most one cell."""
+    cells = [(row, col) for row in range(4) for col in range(2)]
+    triples = list(itertools.combinations(range(len(cells)), 3))
+    rng = np.random.default_rng(7)
+    while True:  # greedy packing over shuffled triples; a few restarts find 8
+        chosen: list[tuple[int, ...]] = []
+        for index in rng.permutation(len(triples)):
+            if all(len(set(triples[index]) & set(other)) <= 1 for other in chosen):
+                chosen.append(triples[index])
+        if len(chosen) >= 8:
+            return [[cells[i] for i in triple] for triple in chosen[:8]]
+
+
+LAYOUTS = _layouts()
+
+
+def layout_image(class_index: int, rng: np.random.Generator, size: int) -> Image.Image:
+    """6 shapes of random kinds and colours in one of 8 fixed left-right symmetric arrangements; class = arrangement."""
+    canvas = Image.fromarray(synth._random_background(rng, size))
+    cell, shift = size / 4, rng.uniform(-0.06, 0.06, size=2) * size
+    for row, col in LAYOUTS[class_index]:
+        for c in (col, 3 - col):
+            center = (c + 0.5) * cell + shift[1] + rng.uniform(-2, 2), (row + 0.5) * cell + shift[0] + rng.uniform(-2, 2)
+            kind = synth.SHAPE_KINDS[int(rng.integers(len(synth.SHAPE_KINDS)))]
+            fill = synth._shaded_fill(rng, size, synth._random_color(rng))
+            synth._draw_shape(canvas, kind, center, rng.uniform(0.3, 0.42) * cell, rng.uniform(0, 2 * math.pi), fill)
+    return canvas
+
+
 RENDER = {
     "shapes": lambda index, rng, size: synth.render_image(synth.SHAPE_KINDS[index], rng, size),
     "flat": flat_image,
     "symmetry": symmetry_image,
+    "textures": texture_image,
+    "layouts": layout_image,
 }
 
 

@@ -42,3 +42,17 @@ def test_the_script_pretrains_scores_and_fine_tunes_both_starts():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "random trunk: kNN" in result.stdout
     assert "finetune pretrained" in result.stdout and "finetune random init" in result.stdout
+
+
+def test_layouts_are_mirror_symmetric_and_distinct():
+    assert len(variants.LAYOUTS) == 8
+    halves = [set(layout) for layout in variants.LAYOUTS]
+    assert all(len(a & b) <= 1 for i, a in enumerate(halves) for b in halves[i + 1 :])
+    assert all(col in (0, 1) for layout in variants.LAYOUTS for _, col in layout)
+
+
+@pytest.mark.parametrize("data", ["textures", "layouts"])
+def test_new_variants_render_every_class(data):
+    images, labels = variants.make_split(data, "val", 1, 64)
+    assert images.shape == (8, 3, 64, 64) and labels.tolist() == list(range(8))
+    assert len({image.numpy().tobytes() for image in images}) == 8
