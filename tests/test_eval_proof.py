@@ -64,3 +64,60 @@ def test_eval_proof_runs_every_row(tmp_path):
         assert set(rows[name]) == {"pretrained", "random init"}, name
         assert all(0.0 <= v <= 1.0 for values in rows[name].values() for v in values)
     assert "| MAE fine-tuning top-1 |" in result.stdout
+
+
+@pytest.mark.slow
+def test_eval_proof_mavil_rows(tmp_path):
+    """The README's MAViL proof command: audio, video and fused fine-tuning from a stage-1 .ckpt and at random."""
+    import lightning.pytorch as pl
+    import yaml
+    from unveil.common.checkpoints import ARCHITECTURE_KEY, architecture_of
+    from unveil.datasets.synth_av import make_audio_video_folder
+    from unveil.models import MAViL
+
+    make_audio_video_folder(
+        tmp_path / "mavil_av", num_classes=2, train_per_class=16, val_per_class=2, duration=2.0, size=32,
+        progress=False,
+    )
+    recipe = yaml.safe_load((ROOT / "recipes" / "quickstart_mavil.yaml").read_text())
+    torch.manual_seed(0)
+    model = MAViL(**recipe["model"]["init_args"]["model"]["init_args"])  # the quickstart's sizes
+    checkpoint = tmp_path / "stage1.ckpt"
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "global_step": 1,
+            "pytorch-lightning_version": pl.__version__,
+            ARCHITECTURE_KEY: architecture_of(model).as_dict(),
+        },
+        checkpoint,
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "eval_proof.py"),
+            "--mavil-checkpoint",
+            str(checkpoint),
+            "--mavil-data",
+            str(tmp_path / "mavil_av"),
+            "--mavil-steps",
+            "1",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "proof.json"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        timeout=1800,
+        env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "proof.json").read_text())["rows"]
+    for modality in ("audio", "video", "audio_video"):
+        name = f"MAViL {modality} fine-tuning top-1"
+        assert set(rows[name]) == {"pretrained", "random init"}, name
+        assert all(0.0 <= v <= 1.0 for values in rows[name].values() for v in values)
+    assert "| MAViL audio fine-tuning top-1 |" in result.stdout
