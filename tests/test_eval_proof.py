@@ -69,9 +69,8 @@ def test_eval_proof_runs_every_row(tmp_path):
 @pytest.mark.slow
 def test_eval_proof_mavil_rows(tmp_path):
     """The README's MAViL proof command: audio, video and fused fine-tuning from a stage-1 .ckpt and at random."""
-    import lightning.pytorch as pl
     import yaml
-    from unveil.common.checkpoints import ARCHITECTURE_KEY, architecture_of
+    from tiny_configs import lightning_checkpoint
     from unveil.datasets.synth_av import make_audio_video_folder
     from unveil.models import MAViL
 
@@ -82,16 +81,7 @@ def test_eval_proof_mavil_rows(tmp_path):
     recipe = yaml.safe_load((ROOT / "recipes" / "quickstart_mavil.yaml").read_text())
     torch.manual_seed(0)
     model = MAViL(**recipe["model"]["init_args"]["model"]["init_args"])  # the quickstart's sizes
-    checkpoint = tmp_path / "stage1.ckpt"
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "global_step": 1,
-            "pytorch-lightning_version": pl.__version__,
-            ARCHITECTURE_KEY: architecture_of(model).as_dict(),
-        },
-        checkpoint,
-    )
+    checkpoint = lightning_checkpoint(model, tmp_path / "stage1.ckpt")
     result = subprocess.run(
         [
             sys.executable,

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 from tiny_configs import TINY_MAVIL as MAVIL
+from tiny_configs import lightning_checkpoint
 from torch.utils.data import DataLoader, Dataset
-from unveil.common.checkpoints import ARCHITECTURE_KEY, Architecture, architecture_of, save_backbone
+from unveil.common.checkpoints import Architecture, architecture_of, save_backbone
 from unveil.finetune import FineTuneClassifier, LinearProbe, load_pretrained_backbone
 from unveil.finetune.classification import average_views
 from unveil.models import MaskedAutoencoderHiera, MAViL
@@ -31,20 +32,6 @@ TINY = dict(
     embed_dim=32, num_heads=1, stages=(1, 1, 1, 1), decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=1
 )
 IMAGE = dict(input_size=(64, 64), q_pool=2, **TINY)
-
-
-def lightning_checkpoint(model: torch.nn.Module, path: Path) -> Path:
-    """What a pretraining module saves: ``model.*`` weights, the loop counters and the architecture record."""
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "global_step": 1,
-            "pytorch-lightning_version": pl.__version__,
-            ARCHITECTURE_KEY: architecture_of(model).as_dict(),
-        },
-        path,
-    )
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_configs import TINY_MAVIL
-from unveil.common.checkpoints import ARCHITECTURE_KEY, architecture_of
+from tiny_configs import TINY_MAVIL, lightning_checkpoint
 from unveil.launch import knn as knn_cli
 from unveil.models import MAViL
 
@@ -38,17 +36,7 @@ def unveil(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def mavil_checkpoint(path: Path, **overrides) -> Path:
     """A pretraining-style ``.ckpt`` of a tiny MAViL (``model.*`` weights and the architecture record)."""
     torch.manual_seed(3)
-    model = MAViL(**{**TINY_MAVIL, **overrides})
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "global_step": 1,
-            "pytorch-lightning_version": pl.__version__,
-            ARCHITECTURE_KEY: architecture_of(model).as_dict(),
-        },
-        path,
-    )
-    return path
+    return lightning_checkpoint(MAViL(**{**TINY_MAVIL, **overrides}), path)
 
 
 @pytest.fixture(scope="module")
