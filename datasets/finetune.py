@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from PIL import Image, ImageOps
 from torch.utils.data import Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
@@ -42,6 +43,16 @@ __all__ = [
     "finetune_image_transform",
     "finetune_video_transform",
 ]
+
+
+def _posterize(image: Image.Image, bits: int, **_) -> Image.Image:
+    """timm's posterize for any ``bits`` in 0-8. At magnitude 10 (reached by ``mstd`` noise) timm asks for 0 bits,
+    which Pillow 13 refuses (a crash in a loader worker); keeping 0 bits gives a black image, as older Pillow did."""
+    if bits >= 8:
+        return image
+    if bits <= 0:
+        return Image.new(image.mode, image.size)
+    return ImageOps.posterize(image, bits)
 
 
 def finetune_image_transform(
@@ -74,11 +85,15 @@ def finetune_image_transform(
             "interpolation": str_to_pil_interp("bicubic"),
         }
         try:
-            steps.append(rand_augment_transform(auto_augment, hparams))
+            policy = rand_augment_transform(auto_augment, hparams)
         except (AssertionError, KeyError, ValueError) as error:
             raise ValueError(
                 f"auto_augment {auto_augment!r} is not a timm RandAugment policy: {error}"
             ) from None
+        for op in policy.ops:
+            if op.name.startswith("Posterize"):
+                op.aug_fn = _posterize
+        steps.append(policy)
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if random_erasing > 0:
         steps.append(v2.RandomErasing(random_erasing, value="random"))

@@ -663,3 +663,18 @@ def test_readme_mavil_quickstart_finetune(tmp_path, mavil):
             modality,
             cwd=tmp_path,
         )
+
+
+def test_randaugment_posterize_at_full_magnitude_does_not_crash():
+    """timm asks for 0 bits at magnitude 10 (magnitude noise reaches it); Pillow 13 refuses 0 bits."""
+    from PIL import Image
+    from unveil.datasets.finetune import finetune_image_transform
+
+    transform = finetune_image_transform(32, auto_augment="rand-m10-n1-inc1")
+    policy = next(step for step in transform.transforms if hasattr(step, "ops"))
+    posterize = next(op for op in policy.ops if op.name == "PosterizeIncreasing")
+    image = Image.new("RGB", (32, 32), (200, 100, 50))
+    posterize.prob, posterize.magnitude_std = 1.0, 0.0
+    assert posterize(image).getextrema() == ((0, 0), (0, 0), (0, 0))  # 0 bits kept: black, as Pillow < 13 gave
+    posterize.magnitude = 5.0  # 2 bits kept
+    assert posterize(image).getpixel((0, 0)) == (192, 64, 0)
