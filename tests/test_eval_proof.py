@@ -14,6 +14,22 @@ import torch
 ROOT = Path(__file__).parents[1]
 
 
+def run_proof(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``python benchmarks/eval_proof.py ARGS`` in ``tmp_path`` → (the process, the rows it wrote)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "eval_proof.py"), *args,
+         "--work", str(tmp_path / "work"), "--out", str(tmp_path / "proof.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        timeout=1800,
+        env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, json.loads((tmp_path / "proof.json").read_text())["rows"]
+
+
 @pytest.mark.slow
 def test_eval_proof_runs_every_row(tmp_path):
     from unveil.common.checkpoints import architecture_of, save_backbone
@@ -34,32 +50,10 @@ def test_eval_proof_runs_every_row(tmp_path):
         decoder_num_heads=1,
     )
     save_backbone(tmp_path / "mae.pt", mae.state_dict(), architecture_of(mae))
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "eval_proof.py"),
-            "--checkpoint",
-            str(tmp_path / "mae.pt"),
-            "--data",
-            str(tmp_path / "shapes"),
-            "--steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--work",
-            str(tmp_path / "work"),
-            "--out",
-            str(tmp_path / "proof.json"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-        timeout=1800,
-        env={**os.environ, "WANDB_MODE": "offline"},
+    result, rows = run_proof(
+        tmp_path, "--checkpoint", str(tmp_path / "mae.pt"), "--data", str(tmp_path / "shapes"), "--steps", "2",
+        "--batch-size", "4",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads((tmp_path / "proof.json").read_text())["rows"]
     for name in ("MAE kNN top-1 (k=20)", "MAE linear probe top-1", "MAE fine-tuning top-1"):
         assert set(rows[name]) == {"pretrained", "random init"}, name
         assert all(0.0 <= v <= 1.0 for values in rows[name].values() for v in values)
@@ -82,30 +76,10 @@ def test_eval_proof_mavil_rows(tmp_path):
     torch.manual_seed(0)
     model = MAViL(**recipe["model"]["init_args"]["model"]["init_args"])  # the quickstart's sizes
     checkpoint = lightning_checkpoint(model, tmp_path / "stage1.ckpt")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "eval_proof.py"),
-            "--mavil-checkpoint",
-            str(checkpoint),
-            "--mavil-data",
-            str(tmp_path / "mavil_av"),
-            "--mavil-steps",
-            "1",
-            "--work",
-            str(tmp_path / "work"),
-            "--out",
-            str(tmp_path / "proof.json"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-        timeout=1800,
-        env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"},
+    result, rows = run_proof(
+        tmp_path, "--mavil-checkpoint", str(checkpoint), "--mavil-data", str(tmp_path / "mavil_av"),
+        "--mavil-steps", "1",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads((tmp_path / "proof.json").read_text())["rows"]
     for modality in ("audio", "video", "audio_video"):
         name = f"MAViL {modality} fine-tuning top-1"
         assert set(rows[name]) == {"pretrained", "random init"}, name
