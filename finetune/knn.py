@@ -97,7 +97,11 @@ def extract_features(
     features, labels = [], []
     try:
         for batch in batches:
-            x = batch_input(batch, input_key).to(device)
+            x = batch_input(batch, input_key)
+            if isinstance(x, Mapping):  # a backbone of several inputs (MAViL audio + video) takes them all
+                x = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+            else:
+                x = x.to(device)
             features.append(F.normalize(feature_fn(backbone, x).float(), dim=1))
             labels.append(batch_labels(batch).to(device))
     finally:

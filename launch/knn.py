@@ -241,11 +241,10 @@ def _recipe_clip_settings(config: str) -> dict:
 def _clip_features(args: argparse.Namespace, data: Path, loaded) -> tuple[tuple, tuple, list]:
     """(features, labels) of the train and val clips of an audio-video folder, and the class names:
     ``ClassifierNet.features`` of the fine-tuning net, through the DataModule's evaluation pipeline."""
-    import torch
-    import torch.nn.functional as F
     from torch.utils.data import DataLoader
     from unveil.datasets import AudioVideoDataModule, AudioVideoDataset
     from unveil.finetune.classification import ClassifierNet
+    from unveil.finetune.knn import extract_features
 
     _check_splits(args, data, "audiovideo")
     settings = clip_settings(args, loaded.model)
@@ -276,22 +275,31 @@ def _clip_features(args: argparse.Namespace, data: Path, loaded) -> tuple[tuple,
             raise UsageError(f"the class folders of '{args.val_split}' and '{args.train_split}' differ")
         classes = names
         loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
-        parts, labels = [], []
-        with torch.no_grad():
-            for batch in _batches(loader, split):
-                label = batch["label"]
-                if label.dim() == 2:
-                    if not bool((label.sum(dim=1) == 1).all()):
-                        raise UsageError(
-                            f"kNN needs one label per sample; '{data / split}' has clips with "
-                            f"{int(label.sum(dim=1).max())} labels"
-                        )
-                    label = label.argmax(dim=1)
-                pooled = net.features(batch).float()  # [B, D]: what the fine-tuning head sees
-                parts.append(F.normalize(F.layer_norm(pooled, pooled.shape[-1:]), dim=1))
-                labels.append(label.long())
-        features[split] = (torch.cat(parts), torch.cat(labels))
+        features[split] = extract_features(
+            net, _labelled(_batches(loader, split), data / split), feature_fn=_fine_tuning_features
+        )
     return features[args.train_split], features[args.val_split], classes
+
+
+def _fine_tuning_features(net, batch: dict):
+    """What the fine-tuning head sees (``ClassifierNet.features``), through a LayerNorm without parameters."""
+    import torch.nn.functional as F
+
+    pooled = net.features(batch).float()  # [B, D]
+    return F.layer_norm(pooled, pooled.shape[-1:])
+
+
+def _labelled(batches, where: Path):
+    """(batch, class index) pairs: the multi-hot labels of single-label clips as indices."""
+    for batch in batches:
+        label = batch["label"]
+        if label.dim() == 2:
+            if not bool((label.sum(dim=1) == 1).all()):
+                raise UsageError(
+                    f"kNN needs one label per sample; '{where}' has clips with {int(label.sum(dim=1).max())} labels"
+                )
+            label = label.argmax(dim=1)
+        yield batch, label
 
 
 def _batches(loader, split: str):
