@@ -73,7 +73,7 @@ def generate(root: Path, modalities: list[str]) -> dict[str, dict]:
         )
     images, videos = folders.get("image"), folders.get("video")
     audio, audio_video = folders.get("audio"), folders.get("audio-video")
-    common = {"val_split": None, "pin_memory": False}
+    common = {"val_split": None}
     return {
         "image": {
             "class": ImageDataModule,
@@ -204,7 +204,7 @@ def main() -> None:
                 )
                 rates = []
                 for workers in args.workers:
-                    data = setup["class"](**extra, **setup["args"], num_workers=workers)
+                    data = setup["class"](**extra, **setup["args"], loader={"num_workers": workers, "pin_memory": False})
                     rates.append(loader_rate(data, args.batches))
                 cells = "".join(f"{rate:>12.1f}" for rate in rates)
                 print(f"{modality:<13}{source:<8}{cells}{max(rates) / consumption:>11.1f}x", flush=True)

@@ -51,7 +51,7 @@ def quickstart_settings() -> tuple[dict, dict, dict]:
     model["audio_size"] = tuple(model["audio_size"])
     data = {k: recipe["data"]["init_args"][k]
             for k in ("duration", "video_fps", "num_frames", "input_size", "target_length")}
-    losses = {k: module[k] for k in ("inter_weight", "intra_weight", "inter_temperature", "intra_temperature")}
+    losses = {"contrastive": dict(module["contrastive"])}
     return model, data, losses
 
 
@@ -87,7 +87,7 @@ def load_data(root: Path, data: dict, classes: int, train_per_class: int, val_pe
               seed: int) -> tuple[InMemory, InMemory]:
     make_audio_video_folder(root, num_classes=classes, train_per_class=train_per_class, val_per_class=val_per_class,
                             duration=data["duration"], fps=8, size=data["input_size"], seed=seed, progress=False)
-    datamodule = AudioVideoDataModule(root=str(root), batch_size=1, num_workers=0, pin_memory=False, **data)
+    datamodule = AudioVideoDataModule(root=str(root), batch_size=1, **data, loader={"num_workers": 0, "pin_memory": False})
     pipeline = datamodule.pipeline(train=False)
     return (InMemory(AudioVideoDataset(str(root), "train", pipeline=pipeline)),
             InMemory(AudioVideoDataset(str(root), "val", pipeline=pipeline)))
@@ -148,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- stage 1
     pl.seed_everything(args.seed, verbose=False)
-    stage1 = MAViLPretrainModule(MAViL(**model_args), lr=args.lr, weight_decay=0.05,
-                                 warmup_steps=args.stage1_steps // 10, min_lr=args.lr / 10, log_images_every_n_steps=0,
-                                 **loss_args)
+    optimizer = {"lr": args.lr, "weight_decay": 0.05, "min_lr": args.lr / 10}
+    stage1 = MAViLPretrainModule(MAViL(**model_args), log_images_every_n_steps=0, **loss_args,
+                                 optimizer={**optimizer, "warmup_steps": args.stage1_steps // 10})
     before = retrieval(stage1.model, val)
     start = time.perf_counter()
     fit1 = trainer(args.stage1_steps, out / "stage1")
@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     # ---- stage 2
     pl.seed_everything(args.seed + 1, verbose=False)
     stage2 = MAViLSelfTrainModule(MAViL(**{**model_args, "target_dim": model_args["embed_dim"]}), str(checkpoint),
-                                  target_layers=(-1,), lr=args.lr, weight_decay=0.05,
-                                  warmup_steps=args.stage2_steps // 10, min_lr=args.lr / 10)
+                                  target_layers=(-1,),
+                                  optimizer={**optimizer, "warmup_steps": args.stage2_steps // 10})
     loss_before = feature_loss(stage2, val)
     start = time.perf_counter()
     trainer(args.stage2_steps, out / "stage2").fit(stage2, datamodule=data)

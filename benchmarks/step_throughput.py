@@ -364,7 +364,7 @@ def loader_per_worker(modality: str, root: Path, batches: int) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
     try:
-        return loaders.loader_rate(setup["class"](**setup["folder"], **setup["args"], num_workers=0), batches)
+        return loaders.loader_rate(setup["class"](**setup["folder"], **setup["args"], loader={"num_workers": 0, "pin_memory": False}), batches)
     finally:
         torch.set_num_threads(threads)
 
@@ -377,7 +377,7 @@ def video_decode_rates(root: Path, batches: int) -> dict[str, float]:
 
     loaders = loader_module()
     args = {"input_size": 224, "num_frames": 16, "sampling_rate": 4, "batch_size": 2, "val_split": None,
-            "pin_memory": False, "num_workers": 0}
+            "loader": {"pin_memory": False, "num_workers": 0}}
     rates = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -31,6 +31,7 @@ from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 from unveil.datasets.common import IMAGENET_DEFAULT_MEAN, PipelineDataset, plain_tensor
 from unveil.datasets.datamodules import (
+    LoaderOptions,
     ShardOptions,
     SkipPolicy,
     _LoadersMixin,
@@ -364,9 +365,8 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         root: dataset folder.
         image_size: LSJ output side (ViTDet: 1024).
         scale_range: LSJ scale range (ViTDet: 0.1 to 2.0).
-        batch_size: training images per batch per device; val_batch_size: per validation batch.
-        num_workers, pin_memory: DataLoader settings.
-        skips, shuffle_seed, shard_options: as for ``ImageDataModule``.
+        batch_size: training images per batch per device.
+        loader, skips, shard_options: as for ``ImageDataModule`` (4 loader workers by default).
         shards, val_shards: read WebDataset shards of ``unveil shards make coco`` instead of the folders
             (``root`` may then be null).
     """
@@ -378,13 +378,10 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         scale_range: tuple[float, float] = (0.1, 2.0),
         hflip: float = 0.5,
         batch_size: int = 2,
-        val_batch_size: int | None = None,
-        num_workers: int = 4,
+        loader: LoaderOptions = LoaderOptions(num_workers=4),  # noqa: B008 - never mutated
         train_split: str = "train",
         val_split: str | None = "val",
-        pin_memory: bool = True,
         skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - frozen dataclass
-        shuffle_seed: int = 0,
         shards: str | list[str] | None = None,
         val_shards: str | list[str] | None = None,
         shard_options: ShardOptions = ShardOptions(),  # noqa: B008 - frozen dataclass
@@ -410,6 +407,7 @@ class CocoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         self.train_set: CocoInstances | None = None
         self.val_set: CocoInstances | None = None
 
+    default_loader = LoaderOptions(num_workers=4)
     collate_fn = staticmethod(detection_collate)
     _shard_collate = staticmethod(detection_collate)
 

@@ -19,14 +19,13 @@ as MAE-ST tests) arrive next to each other under one ``key`` and are averaged pe
 Python use (the same as the recipes)::
 
     from unveil.finetune import FineTuneClassifier, LinearProbe
-    module = FineTuneClassifier("exports/hiera_t_mae.pt", num_classes=8, lr=1e-3)
-    probe = LinearProbe("runs/quickstart/version_0/checkpoints/last.ckpt", num_classes=8, lr=0.1)
+    module = FineTuneClassifier("exports/hiera_t_mae.pt", num_classes=8, optimizer={"lr": 1e-3})
+    probe = LinearProbe("runs/quickstart/version_0/checkpoints/last.ckpt", num_classes=8, optimizer={"lr": 0.1})
     lightning.Trainer(max_steps=100).fit(module, datamodule=ImageDataModule("data/shapes", input_size=128))
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -42,7 +41,8 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
     MultilabelAveragePrecision,
 )
-from unveil.common.schedule import scaled_lr, warmup_cosine_scheduler
+from unveil.common.config import as_options, plain_options
+from unveil.common.schedule import OptimizerConfig
 from unveil.finetune.backbone import PretrainedBackbone, load_pretrained_backbone
 
 __all__ = ["ClassifierNet", "FineTuneClassifier", "LinearProbe", "average_views"]
@@ -205,6 +205,17 @@ def _bars(values: torch.Tensor, height: int = 128, width: int = 6) -> torch.Tens
     return torch.stack([1 - 0.8 * filled, 1 - 0.5 * filled, 1 - 0.1 * filled])
 
 
+FINETUNE_OPTIMIZER = OptimizerConfig(
+    base_lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=5.0, min_lr=1e-6
+)
+"""Fine-tuning's optimiser defaults (MAE ``main_finetune.py``: blr 1e-3 per 256, weight decay 0.05, AdamW
+(0.9, 0.999), 5 warmup epochs, cosine to 1e-6); each recipe sets its paper's values."""
+
+LINPROBE_OPTIMIZER = OptimizerConfig(base_lr=0.1, weight_decay=0.0, warmup_epochs=10.0, min_lr=0.0)
+"""The linear probe's defaults (MAE ``main_linprobe.py``: blr 0.1 per 256, weight decay 0, 10 warmup epochs,
+cosine to 0); LARS, so ``betas`` does not apply (the probe's ``momentum`` does)."""
+
+
 class _ClassificationModule(pl.LightningModule):
     """What fine-tuning and the linear probe share: loading, metrics, per-video averaging, pictures, and the
     learning-rate rule (``lr``, else ``base_lr × effective batch / base_batch_size``) with a per-step warmup
@@ -219,22 +230,17 @@ class _ClassificationModule(pl.LightningModule):
         multi_label: bool,
         random_init: bool,
         backbone_overrides: dict | None,
-        lr: float | None,
-        base_lr: float,
-        base_batch_size: int,
-        warmup_epochs: float,
-        warmup_steps: int | None,
-        min_lr: float,
+        optimizer,
         log_pictures: bool,
     ) -> None:
         """Check and keep the settings; build the model now when ``num_classes`` is known, else in
         :meth:`configure_model` from the DataModule's ``num_classes``."""
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if lr is None and base_lr <= 0 or lr is not None and lr <= 0:
-            raise ValueError("the learning rate (lr or base_lr) must be positive")
-        if base_batch_size < 1 or warmup_epochs < 0 or (warmup_steps is not None and warmup_steps < 0):
-            raise ValueError("base_batch_size must be >= 1 and the warmup >= 0")
+        self.optimizer_config = as_options(
+            type(self).__name__, "optimizer", optimizer, OptimizerConfig, self.default_optimizer
+        )
+        plain_options(self.hparams)
         self._backbone_args = dict(
             path=checkpoint,
             model=model,
@@ -243,8 +249,6 @@ class _ClassificationModule(pl.LightningModule):
             **dict(backbone_overrides or {}),
         )
         self.multi_label = multi_label
-        self.lr, self.base_lr, self.base_batch_size = lr, base_lr, base_batch_size
-        self.warmup_epochs, self.warmup_steps, self.min_lr = warmup_epochs, warmup_steps, min_lr
         self.log_pictures = log_pictures
         self.peak_lr: float | None = None
         self.num_classes: int | None = None
@@ -302,6 +306,7 @@ class _ClassificationModule(pl.LightningModule):
             self.val_confusion = MulticlassConfusionMatrix(num_classes, normalize="true")
         self._make_head(loaded, num_classes)
 
+    default_optimizer = FINETUNE_OPTIMIZER  # the defaults a partial ``optimizer`` mapping is completed from
     _hiera_head = True  # Hiera's own classifier (fine-tuning) or none (the probe has its own head)
 
     def _make_head(self, loaded: PretrainedBackbone, num_classes: int) -> None:  # pragma: no cover - abstract
@@ -384,43 +389,11 @@ class _ClassificationModule(pl.LightningModule):
     # ---- optimisation -----------------------------------------------------------------------------
 
     def _peak_lr(self) -> float:
-        from lightning.pytorch.utilities import rank_zero_info
-
-        trainer = self.trainer
-        if self.lr is not None:
-            lr = self.lr
-        else:
-            datamodule = getattr(trainer, "datamodule", None)
-            per_device = getattr(datamodule, "batch_size", None) or getattr(
-                trainer.train_dataloader, "batch_size", None
-            )
-            if per_device is None:
-                raise ValueError("cannot find the per-device batch size: set model.init_args.lr (absolute)")
-            per_device *= int(getattr(datamodule, "repeated_sampling", 1) or 1)  # clips, as Hiera counts them
-            effective = per_device * trainer.num_devices * trainer.num_nodes * trainer.accumulate_grad_batches
-            lr = scaled_lr(self.base_lr, effective, self.base_batch_size)
-            rank_zero_info(
-                f"{type(self).__name__}: lr = {self.base_lr:.3g} x {effective} / {self.base_batch_size} = {lr:.3g}"
-            )
-        self.peak_lr = lr
-        return lr
+        self.peak_lr, _ = self.optimizer_config.peak_lr(self.trainer, type(self).__name__)
+        return self.peak_lr
 
     def _scheduler(self, optimizer: torch.optim.Optimizer) -> dict:
-        trainer = self.trainer
-        total = trainer.estimated_stepping_batches
-        if self.warmup_steps is not None:
-            warmup = self.warmup_steps
-        elif self.warmup_epochs:
-            batches = trainer.num_training_batches
-            if not math.isfinite(batches):
-                raise ValueError("the training data has no length: set model.init_args.warmup_steps")
-            warmup = round(self.warmup_epochs * math.ceil(batches / trainer.accumulate_grad_batches))
-        else:
-            warmup = 0
-        if math.isfinite(total):
-            warmup = min(warmup, int(total))
-        scheduler = warmup_cosine_scheduler(optimizer, total, warmup, self.min_lr)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return self.optimizer_config.scheduled(optimizer, self.trainer, type(self).__name__)
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         scheduler.step_update(num_updates=self.global_step)  # timm schedulers count optimiser steps
@@ -450,10 +423,10 @@ class FineTuneClassifier(_ClassificationModule):
         random_init: the checkpoint's architecture at random initialisation (a baseline).
         drop_path_rate, head_dropout: stochastic depth of the backbone, dropout before the classifier.
         backbone_overrides: other backbone arguments that do not change shapes (Hiera ``q_pool``).
-        lr / base_lr / base_batch_size: ``lr`` absolute, else ``base_lr × effective batch / base_batch_size``.
-        weight_decay, betas: AdamW.
+        optimizer: AdamW and the schedule (:class:`~unveil.common.schedule.OptimizerConfig`): ``lr``
+            absolute, else ``base_lr × effective batch / base_batch_size``; ``weight_decay``, ``betas``;
+            ``warmup_epochs`` / ``warmup_steps``, then a cosine to ``min_lr``. Defaults: ``FINETUNE_OPTIMIZER``.
         layer_decay: per-layer learning-rate decay (1.0: none).
-        warmup_epochs / warmup_steps, min_lr: the schedule.
         mixup, cutmix, mixup_prob, mixup_switch_prob, label_smoothing: timm ``Mixup`` arguments (alpha 0: off).
         mask_t_prob, mask_f_prob: audio only: share of time / frequency patch rows dropped in training.
         log_pictures: log the confusion matrix / per-class AP picture at each validation end.
@@ -470,15 +443,8 @@ class FineTuneClassifier(_ClassificationModule):
         drop_path_rate: float = 0.1,
         head_dropout: float = 0.0,
         backbone_overrides: dict[str, Any] | None = None,
-        lr: float | None = None,
-        base_lr: float = 1e-3,
-        base_batch_size: int = 256,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.999),
+        optimizer: OptimizerConfig = FINETUNE_OPTIMIZER,
         layer_decay: float = 0.75,
-        warmup_epochs: float = 5.0,
-        warmup_steps: int | None = None,
-        min_lr: float = 1e-6,
         mixup: float = 0.0,
         cutmix: float = 0.0,
         mixup_prob: float = 1.0,
@@ -495,7 +461,7 @@ class FineTuneClassifier(_ClassificationModule):
         overrides = dict(backbone_overrides or {})
         overrides["drop_path_rate"] = drop_path_rate
         self.head_dropout, self.mask_t_prob, self.mask_f_prob = head_dropout, mask_t_prob, mask_f_prob
-        self.weight_decay, self.betas, self.layer_decay = weight_decay, tuple(betas), layer_decay
+        self.layer_decay = layer_decay
         self.label_smoothing = label_smoothing
         self._mixup_args = dict(
             mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob
@@ -509,12 +475,7 @@ class FineTuneClassifier(_ClassificationModule):
             multi_label,
             random_init,
             overrides,
-            lr,
-            base_lr,
-            base_batch_size,
-            warmup_epochs,
-            warmup_steps,
-            min_lr,
+            optimizer,
             log_pictures,
         )
 
@@ -585,11 +546,11 @@ class FineTuneClassifier(_ClassificationModule):
         lr = self._peak_lr()
         groups = param_groups_layer_decay(
             self.net,
-            weight_decay=self.weight_decay,
+            weight_decay=self.optimizer_config.weight_decay,
             no_weight_decay_list=self.net.no_weight_decay(),
             layer_decay=self.layer_decay,
         )
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.betas)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.optimizer_config.betas)
         return self._scheduler(optimizer)
 
 
@@ -602,8 +563,9 @@ class LinearProbe(_ClassificationModule):
     the head is in the optimiser. Features: Hiera's mean-pooled final tokens (before its final norm, which an
     MAE does not train); MAViL encoders: the mean of the patch tokens after the encoder's norm.
 
-    Args: as :class:`FineTuneClassifier` where they apply; defaults are MAE's ``main_linprobe.py``
-    (``blr`` 0.1 per 256, weight decay 0, warmup 10 epochs, min lr 0).
+    Args: as :class:`FineTuneClassifier` where they apply; ``optimizer`` defaults to MAE's ``main_linprobe.py``
+    (``LINPROBE_OPTIMIZER``: ``blr`` 0.1 per 256, weight decay 0, warmup 10 epochs, min lr 0), and
+    ``momentum`` is LARS's.
     """
 
     def __init__(
@@ -614,19 +576,13 @@ class LinearProbe(_ClassificationModule):
         num_classes: int | None = None,
         multi_label: bool = False,
         random_init: bool = False,
-        lr: float | None = None,
-        base_lr: float = 0.1,
-        base_batch_size: int = 256,
-        weight_decay: float = 0.0,
+        optimizer: OptimizerConfig = LINPROBE_OPTIMIZER,
         momentum: float = 0.9,
-        warmup_epochs: float = 10.0,
-        warmup_steps: int | None = None,
-        min_lr: float = 0.0,
         log_pictures: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.weight_decay, self.momentum = weight_decay, momentum
+        self.momentum = momentum
         self._init_common(
             checkpoint,
             model,
@@ -635,15 +591,11 @@ class LinearProbe(_ClassificationModule):
             multi_label,
             random_init,
             None,
-            lr,
-            base_lr,
-            base_batch_size,
-            warmup_epochs,
-            warmup_steps,
-            min_lr,
+            optimizer,
             log_pictures,
         )
 
+    default_optimizer = LINPROBE_OPTIMIZER
     _hiera_head = False
 
     def _make_head(self, loaded: PretrainedBackbone, num_classes: int) -> None:
@@ -687,7 +639,7 @@ class LinearProbe(_ClassificationModule):
         lr = self._peak_lr()
         linear = self.head[1]
         groups = [
-            {"params": [linear.weight], "weight_decay": self.weight_decay, "always_adapt": True},
+            {"params": [linear.weight], "weight_decay": self.optimizer_config.weight_decay, "always_adapt": True},
             {
                 "params": [linear.bias],
                 "weight_decay": 0.0,

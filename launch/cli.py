@@ -82,9 +82,21 @@ def _display_path(path: str) -> str:
         return str(path)
 
 
+_CONSTRAINED = {
+    "PositiveInt": "int > 0",
+    "NonNegativeInt": "int >= 0",
+    "PositiveFloat": "float > 0",
+    "NonNegativeFloat": "float >= 0",
+    "ClosedUnitInterval": "float in [0, 1]",
+    "OpenUnitInterval": "float in (0, 1)",
+}
+"""jsonargparse's constrained types, as an error line names them."""
+
+
 def _type_name(text: str) -> str:
-    """``<class 'int'>`` -> ``int``; other type reprs pass through."""
-    return re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text)
+    """``<class 'int'>`` -> ``int``, ``NonNegativeFloat`` -> ``float >= 0``; other type reprs pass through."""
+    text = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text)
+    return _CONSTRAINED.get(text, text)
 
 
 def _leaf_errors(message: str) -> list[tuple[list[str], str, str | None, int]]:
@@ -175,6 +187,10 @@ def condense_parser_error(message: str, config_files: Sequence[str] = (), argv: 
             got = later[1] if later and len(later[1]) <= 60 else None
         return (f"bad value for '{key}'{origin(key)}: expected {_type_name(match['type'])}"
                 + (f", got {got}" if got is not None else ""))
+    if match := re.match(r"Not of type (?P<type>\w+): (?P<why>.+)$", line):  # a constrained type
+        got = re.search(r"(?:got|convert string to \w+:) (?P<got>.+)$", match["why"])
+        return (f"bad value for '{key}'{origin(key)}: expected {_type_name(match['type'])}"
+                + (f", got {got['got']}" if got else f" ({match['why']})"))
     return f"bad value for '{key}'{origin(key)}: {line}"
 
 

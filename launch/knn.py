@@ -254,9 +254,8 @@ def _clip_features(args: argparse.Namespace, data: Path, loaded) -> tuple[tuple,
             train_split=args.train_split,
             val_split=args.val_split,
             batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            pin_memory=False,
             **settings,
+            loader={"num_workers": args.num_workers, "pin_memory": False},
         )
     except (TypeError, ValueError) as error:
         raise UsageError(str(error).splitlines()[0]) from None

@@ -5,7 +5,7 @@ LightningCLI's own ``SaveConfigCallback`` only writes ``config.yaml`` into the r
 missing the recipe it came from (Lightning logs only the LightningModule's and DataModule's constructor
 arguments), so runs in the W&B table cannot be filtered or compared by trainer, data or model settings.
 ``SaveAndLogConfig`` also gives the same config, as a nested dict, to ``log_hyperparams`` of every logger:
-W&B shows it as the run config (``trainer.max_epochs``, ``model.init_args.base_lr``, ...), TensorBoard and CSV
+W&B shows it as the run config (``trainer.max_epochs``, ``model.init_args.optimizer.base_lr``, ...), TensorBoard and CSV
 keep it in their ``hparams.yaml``.
 """
 

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes per node without GPUs (default: the recipe's trainer.devices, or 1)")
     parser.add_argument(
         "--cpus-per-task", type=_count(1),
-        help="CPUs per task (default: the recipe's data num_workers + 1: the loader workers and the trainer)")
+        help="CPUs per task (default: the recipe's data loader.num_workers + 1: the loader workers and the trainer)")
     parser.add_argument("--time", type=check_time,
                         help="time limit, HH:MM:SS or D-HH:MM:SS (default: the partition's)")
     parser.add_argument("--partition", help="partition (default: the cluster's default)")
@@ -454,7 +454,8 @@ def _resources(args: argparse.Namespace, trainer: dict, data: dict, job_name: st
         tasks, accelerator = args.tasks_per_node or recipe_devices or 1, "cpu"
     recipe_nodes = trainer.get("num_nodes")
     nodes = args.nodes or (recipe_nodes if isinstance(recipe_nodes, int) and recipe_nodes > 0 else 1)
-    workers = (data.get("init_args") or {}).get("num_workers") if isinstance(data, dict) else None
+    init = (data.get("init_args") or {}) if isinstance(data, dict) else {}
+    workers = (init.get("loader") or {}).get("num_workers", init.get("num_workers"))  # SAM2DataModule: flat
     cpus = args.cpus_per_task or 1 + (workers if isinstance(workers, int) and workers > 0 else 0)
     resources = Resources(nodes=nodes, tasks_per_node=tasks, gpus_per_node=gpus, cpus_per_task=cpus,
                           time=args.time, partition=args.partition, account=args.account, job_name=job_name,

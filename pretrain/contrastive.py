@@ -12,16 +12,47 @@ the same global batch (tested in ``tests/test_mavil_ddp.py``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat
+from unveil.common.config import builtin_fields
 from unveil.common.distributed import gather_with_local_grad, world_size
 
 __all__ = [
+    "ContrastiveConfig",
     "retrieval_recall",
     "scale_gradient",
     "symmetric_info_nce",
 ]
+
+
+@dataclass
+class ContrastiveConfig:
+    """MAViL's contrastive terms, as both stages take them (``model.init_args.contrastive``).
+
+    Args:
+        inter_weight, inter_temperature: audio↔video InfoNCE (weight 0 turns it off, and retrieval evaluation).
+        intra_weight, intra_temperature: InfoNCE between two masked views of each modality (weight 0 turns it
+            off and skips the second view).
+        gather_negatives: negatives from every DDP rank (else only the local batch).
+    """
+
+    inter_weight: NonNegativeFloat = 0.1
+    intra_weight: NonNegativeFloat = 0.1
+    inter_temperature: PositiveFloat = 0.1
+    intra_temperature: PositiveFloat = 0.1
+    gather_negatives: bool = True
+
+    def __post_init__(self) -> None:
+        builtin_fields(self)
+        for name in ("inter_weight", "intra_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ContrastiveConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("inter_temperature", "intra_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ContrastiveConfig.{name} must be > 0, got {getattr(self, name)!r}")
 
 
 def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:

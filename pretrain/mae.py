@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import torch
 from unveil.common.checkpoints import record_architecture
 from unveil.common.distributed import rank_and_world_size
+from unveil.common.schedule import OptimizerConfig
 from unveil.common.seeding import derive_seed, seeded_rng
 from unveil.models import MaskedAutoencoderHiera
 from unveil.models.hiera import unit_indices
@@ -36,23 +37,21 @@ from unveil.pretrain.visualize import (
 INPUT_KEYS: tuple[str, ...] = ("video", "image")
 """Batch keys the module reads its input from, in order of preference, when ``input_key`` is not set."""
 
+MAE_OPTIMIZER = OptimizerConfig(base_lr=8e-4, weight_decay=0.05, betas=(0.9, 0.95), warmup_epochs=40.0)
+"""The module's optimiser defaults (AdamW, betas (0.9, 0.95) as MAE's, 40 warmup epochs); each recipe sets its
+paper's values."""
+
 
 class MAEPretrainModule(ReconstructionPictures, CompiledTraining, WarmupCosineAdamW, pl.LightningModule):
     """Masked-autoencoder pretraining of a ``MaskedAutoencoderHiera`` on image or video batches.
 
     Args:
         model: the masked autoencoder (a recipe builds it with ``class_path``/``init_args``).
-        base_lr: learning rate at ``base_batch_size`` samples per step; the optimiser gets
-            ``base_lr * effective_batch / base_batch_size``, where ``effective_batch = batch_size *
-            repeated_sampling * devices * num_nodes * accumulate_grad_batches`` (clips, for video).
-        base_batch_size: the global batch at which ``base_lr`` applies: 256 for a rate per 256 samples (MAE's
-            blr), or the batch of a paper table that gives an absolute rate (Hiera Table 14: 8e-4 at 4096).
-        lr: absolute learning rate; when set, ``base_lr`` and the scaling rule are ignored.
-        weight_decay: AdamW weight decay (not applied to 1-D parameters and ``model.no_weight_decay()``).
-        betas: AdamW betas.
-        warmup_epochs: linear warmup length in epochs (may be fractional); converted to optimiser steps.
-        warmup_steps: warmup length in optimiser steps; overrides ``warmup_epochs`` when set.
-        min_lr: learning rate at the end of the cosine decay (the end of ``trainer.estimated_stepping_batches``).
+        optimizer: AdamW and its warmup + cosine schedule (:class:`~unveil.common.schedule.OptimizerConfig`;
+            the learning rate is ``base_lr * effective_batch / base_batch_size`` unless ``lr`` is set, where
+            ``effective_batch = batch_size * repeated_sampling * devices * num_nodes * accumulate_grad_batches``,
+            clips for video). Defaults: ``MAE_OPTIMIZER``, MAE's (base_lr 8e-4 per 256, weight decay 0.05,
+            betas (0.9, 0.95), 40 warmup epochs).
         input_key: batch key of the input (``"image"`` or ``"video"``); detected from the batch when None.
         log_images_every_n_steps: save and log a reconstruction grid every this many optimiser steps (also
             before the first step and at the end of training); 0 turns pictures off.
@@ -69,14 +68,7 @@ class MAEPretrainModule(ReconstructionPictures, CompiledTraining, WarmupCosineAd
     def __init__(
         self,
         model: MaskedAutoencoderHiera,
-        base_lr: float = 8e-4,
-        lr: float | None = None,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_epochs: float = 40.0,
-        warmup_steps: int | None = None,
-        min_lr: float = 0.0,
-        base_batch_size: int = 256,
+        optimizer: OptimizerConfig = MAE_OPTIMIZER,
         input_key: str | None = None,
         log_images_every_n_steps: int = 500,
         num_vis_samples: int = 4,
@@ -92,8 +84,7 @@ class MAEPretrainModule(ReconstructionPictures, CompiledTraining, WarmupCosineAd
         if log_images_every_n_steps < 0:
             raise ValueError(f"log_images_every_n_steps must be >= 0, got {log_images_every_n_steps}")
         self.save_hyperparameters(ignore=["model"])
-        self._init_optimizer(model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr,
-                             base_batch_size=base_batch_size)
+        self._init_optimizer(model, optimizer, MAE_OPTIMIZER)
         self.input_key = input_key
         self.log_images_every_n_steps = log_images_every_n_steps
         self.num_vis_samples = num_vis_samples

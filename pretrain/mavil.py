@@ -30,12 +30,14 @@ import lightning.pytorch as pl
 import torch
 from torchvision.utils import make_grid
 from unveil.common.checkpoints import describe_mismatch, read_checkpoint, record_architecture
+from unveil.common.config import as_options
 from unveil.common.distributed import gather_uneven
+from unveil.common.schedule import OptimizerConfig
 from unveil.common.seeding import derive_seed, seeded_rng
 from unveil.models.convert import unwrap_state_dict
 from unveil.models.mavil import MAViL, MAViLMasks, MAViLOutput, masked_mse
 from unveil.pretrain.compiled import CompiledTraining
-from unveil.pretrain.contrastive import retrieval_recall, symmetric_info_nce
+from unveil.pretrain.contrastive import ContrastiveConfig, retrieval_recall, symmetric_info_nce
 from unveil.pretrain.optim import WarmupCosineAdamW
 from unveil.pretrain.resume import restore_train_loader_position, step_rng
 from unveil.pretrain.throughput import SamplesPerSecond
@@ -107,6 +109,13 @@ def _load_teacher(teacher: MAViL, path: str | Path) -> None:
 
 # ---------------------------------------------------------------------------------------- shared base
 
+STAGE2_CONTRASTIVE = ContrastiveConfig(inter_weight=0.0, intra_weight=0.0)
+"""Stage 2's default: feature reconstruction only, no contrastive terms."""
+
+MAVIL_OPTIMIZER = OptimizerConfig(base_lr=2e-4, weight_decay=1e-4, betas=(0.9, 0.95), warmup_epochs=3.0)
+"""Both stages' optimiser defaults (AdamW, base_lr per 256 samples); the recipes set their sources' values."""
+
+
 
 class _MAViLModule(CompiledTraining, WarmupCosineAdamW, pl.LightningModule):
     """What both stages share: the optimiser and schedule, batch parsing, contrastive terms, retrieval."""
@@ -117,19 +126,8 @@ class _MAViLModule(CompiledTraining, WarmupCosineAdamW, pl.LightningModule):
         self,
         model: MAViL,
         *,
-        base_lr: float,
-        lr: float | None,
-        weight_decay: float,
-        betas: Sequence[float],
-        warmup_epochs: float,
-        warmup_steps: int | None,
-        min_lr: float,
-        base_batch_size: int,
-        inter_weight: float,
-        intra_weight: float,
-        inter_temperature: float,
-        intra_temperature: float,
-        gather_negatives: bool,
+        optimizer,
+        contrastive,
         retrieval_ks: Sequence[int],
         vis_seed: int,
         compile: bool,
@@ -138,17 +136,14 @@ class _MAViLModule(CompiledTraining, WarmupCosineAdamW, pl.LightningModule):
         """Check and keep what both stages share: the optimiser and schedule, the contrastive terms, retrieval
         and the compiled step. Each stage calls it with its saved hyperparameters (``**self.hparams``); the
         arguments of its own (``stage_arguments``) are left to it."""
-        if inter_weight < 0 or intra_weight < 0:
-            raise ValueError("loss weights must be >= 0")
-        if inter_temperature <= 0 or intra_temperature <= 0:
-            raise ValueError("temperatures must be > 0")
-        self._init_optimizer(
-            model, base_lr, lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr, base_batch_size
+        contrastive = as_options(
+            type(self).__name__, "contrastive", contrastive, ContrastiveConfig, self.default_contrastive
         )
+        self._init_optimizer(model, optimizer, MAVIL_OPTIMIZER)
         self._init_compile(compile)
-        self.inter_weight, self.intra_weight = inter_weight, intra_weight
-        self.inter_temperature, self.intra_temperature = inter_temperature, intra_temperature
-        self.gather_negatives = gather_negatives
+        self.inter_weight, self.intra_weight = contrastive.inter_weight, contrastive.intra_weight
+        self.inter_temperature, self.intra_temperature = contrastive.inter_temperature, contrastive.intra_temperature
+        self.gather_negatives = contrastive.gather_negatives
         self.samples_per_sec = SamplesPerSecond()
         self.retrieval_ks = tuple(sorted(set(retrieval_ks)))
         self.vis_seed = vis_seed
@@ -302,17 +297,13 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
 
     Args:
         model: the ``MAViL`` model (``target_dim`` None: it predicts pixels).
-        base_lr: learning rate per ``base_batch_size`` samples; the optimiser gets
-            ``base_lr * effective_batch / base_batch_size``.
-        base_batch_size: the global batch at which ``base_lr`` applies (256: AudioMAE's blr per 256).
-        lr: absolute learning rate; when set, ``base_lr`` and the scaling rule are ignored.
-        weight_decay, betas: AdamW (no weight decay on norms, biases, CLS/mask tokens, position embeddings).
-        warmup_epochs, warmup_steps: linear warmup (steps override epochs), then a half cosine to ``min_lr``.
+        optimizer: AdamW (no weight decay on norms, biases, CLS/mask tokens, position embeddings) and its
+            warmup + half cosine (:class:`~unveil.common.schedule.OptimizerConfig`: ``lr``, or ``base_lr``
+            per ``base_batch_size`` samples scaled to the effective batch). Defaults: ``MAVIL_OPTIMIZER``.
         audio_reconstruction_weight, video_reconstruction_weight: weights of the reconstruction terms.
-        inter_weight, inter_temperature: audio↔video InfoNCE (0 turns it off, and retrieval evaluation too).
-        intra_weight, intra_temperature: InfoNCE between two masked views of each modality (0 turns it off and
-            skips the second view).
-        gather_negatives: negatives from every DDP rank (else only the local batch).
+        contrastive: the inter- and intra-modal InfoNCE terms (:class:`~unveil.pretrain.contrastive.ContrastiveConfig`:
+            ``inter_weight``, ``intra_weight``, their temperatures, ``gather_negatives``; weight 0 turns a term
+            off). Stage 1 defaults: both weights 0.1, temperatures 0.1.
         retrieval_ks: the k of the validation recall R@k.
         log_images_every_n_steps: pictures every this many optimiser steps (also at step 0 and at the end);
             0 turns them off.
@@ -324,24 +315,15 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
             ``unveil.pretrain.compiled``).
     """
 
+    default_contrastive = ContrastiveConfig()  # completes a partial ``contrastive`` mapping
+
     def __init__(
         self,
         model: MAViL,
-        base_lr: float = 2e-4,
-        lr: float | None = None,
-        weight_decay: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_epochs: float = 3.0,
-        warmup_steps: int | None = None,
-        min_lr: float = 0.0,
-        base_batch_size: int = 256,
+        optimizer: OptimizerConfig = MAVIL_OPTIMIZER,
         audio_reconstruction_weight: float = 1.0,
         video_reconstruction_weight: float = 1.0,
-        inter_weight: float = 0.1,
-        intra_weight: float = 0.1,
-        inter_temperature: float = 0.1,
-        intra_temperature: float = 0.1,
-        gather_negatives: bool = True,
+        contrastive: ContrastiveConfig = ContrastiveConfig(),  # noqa: B008 - never mutated
         retrieval_ks: tuple[int, ...] = (1, 5),
         log_images_every_n_steps: int = 500,
         num_vis_samples: int = 4,
@@ -475,8 +457,11 @@ class MAViLSelfTrainModule(_MAViLModule):
         target_layers: fusion blocks whose outputs are averaged into the targets (0-based, negative from the
             end); default: all of them.
         audio_feature_weight, video_feature_weight: weights of the two feature-reconstruction terms.
+        contrastive: as for :class:`MAViLPretrainModule`, both terms off by default (``STAGE2_CONTRASTIVE``).
         The other arguments are those of :class:`MAViLPretrainModule`.
     """
+
+    default_contrastive = STAGE2_CONTRASTIVE
 
     def __init__(
         self,
@@ -484,21 +469,10 @@ class MAViLSelfTrainModule(_MAViLModule):
         teacher_checkpoint: str,
         teacher: MAViL | None = None,
         target_layers: tuple[int, ...] | None = None,
-        base_lr: float = 2e-4,
-        lr: float | None = None,
-        weight_decay: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_epochs: float = 3.0,
-        warmup_steps: int | None = None,
-        min_lr: float = 0.0,
-        base_batch_size: int = 256,
+        optimizer: OptimizerConfig = MAVIL_OPTIMIZER,
         audio_feature_weight: float = 1.0,
         video_feature_weight: float = 1.0,
-        inter_weight: float = 0.0,
-        intra_weight: float = 0.0,
-        inter_temperature: float = 0.1,
-        intra_temperature: float = 0.1,
-        gather_negatives: bool = True,
+        contrastive: ContrastiveConfig = STAGE2_CONTRASTIVE,
         retrieval_ks: tuple[int, ...] = (1, 5),
         vis_seed: int = 0,
         compile: bool = False,

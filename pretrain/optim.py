@@ -14,13 +14,14 @@ so a LightningModule using it overrides ``lr_scheduler_step`` (see ``MAEPretrain
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection
 
 import torch
 from torch import nn
+from unveil.common.config import as_options, plain_options
 from unveil.common.schedule import (  # noqa: F401  (shared with fine-tuning; importable from here as before)
     REFERENCE_BATCH_SIZE,
+    OptimizerConfig,
     scaled_lr,
     warmup_cosine_lr,
     warmup_cosine_scheduler,
@@ -111,109 +112,40 @@ def implementation(optimizer: torch.optim.Optimizer) -> str:
 
 class WarmupCosineAdamW:
     """The optimiser of a pretraining LightningModule (mixin): AdamW over ``self.model`` with the weight-decay
-    groups of ``self.no_decay_names``, the learning rate ``lr`` or ``base_lr × effective batch / base_batch_size``
-    (see the module docstring), and a
-    per-step linear warmup (``warmup_steps``, or ``warmup_epochs`` of the training data) then cosine to
-    ``min_lr``.
+    groups of ``self.no_decay_names``, and the learning rate and warmup + cosine schedule of an
+    :class:`~unveil.common.schedule.OptimizerConfig` (``lr``, or ``base_lr × effective batch /
+    base_batch_size``; see the module docstring).
 
-    The module's constructor calls ``_init_optimizer`` with the model and these settings. After
+    The module's constructor calls ``_init_optimizer`` with the model and its ``optimizer`` argument. After
     ``configure_optimizers``, ``peak_lr`` and (when scaled) ``effective_batch_size`` say what was chosen.
     """
 
-    def _init_optimizer(
-        self,
-        model: nn.Module,
-        base_lr: float,
-        lr: float | None,
-        weight_decay: float,
-        betas: Collection[float],
-        warmup_epochs: float,
-        warmup_steps: int | None,
-        min_lr: float,
-        base_batch_size: int = REFERENCE_BATCH_SIZE,
-    ) -> None:
-        """Check and keep the settings (call from the module's constructor); sets ``self.model``."""
-        if warmup_epochs < 0 or (warmup_steps is not None and warmup_steps < 0):
-            raise ValueError("warmup_epochs and warmup_steps must be >= 0")
-        if base_batch_size <= 0:
-            raise ValueError(f"base_batch_size must be positive, got {base_batch_size}")
-        self.base_batch_size = base_batch_size
+    def _init_optimizer(self, model: nn.Module, optimizer, default: OptimizerConfig) -> None:
+        """Check and keep the settings (call from the module's constructor, after ``save_hyperparameters``);
+        ``optimizer`` is an ``OptimizerConfig`` or a mapping of some of its fields (the rest from ``default``).
+        Sets ``self.model``."""
+        self.optimizer_config = as_options(type(self).__name__, "optimizer", optimizer, OptimizerConfig, default)
+        plain_options(self.hparams)
         self.model = model
         # Decided on the bare model: a strategy such as FSDP may wrap it and flatten its parameters into 1-D
         # shards before configure_optimizers runs.
         self.no_decay_names = no_weight_decay_names(model)
-        self.base_lr, self.lr, self.weight_decay, self.betas = base_lr, lr, weight_decay, tuple(betas)
-        self.warmup_epochs, self.warmup_steps, self.min_lr = warmup_epochs, warmup_steps, min_lr
         self.effective_batch_size: int | None = None  # set by configure_optimizers when lr is scaled
         self.peak_lr: float | None = None
-
-    def _per_device_batch_size(self) -> int:
-        """Samples per device per step: the datamodule's ``batch_size`` × its ``repeated_sampling`` (1 if it
-        has none).
-
-        With repeated sampling this counts clips, the samples the model sees, as Hiera's Table 11 counts its
-        batch of 512 (128 videos × 4). MAE-ST's ``main_pretrain.py`` counts videos instead
-        (``eff_batch_size = batch_size * accum_iter * world``, blr 1.6e-3 per 256 videos): the same rate, 8e-4
-        at 512 clips.
-        """
-        datamodule = getattr(self.trainer, "datamodule", None)
-        size = getattr(datamodule, "batch_size", None)
-        if size is None and datamodule is not None:
-            size = getattr(datamodule, "hparams", {}).get("batch_size")
-        if size is None:
-            size = getattr(self.trainer.train_dataloader, "batch_size", None)
-        if size is None:
-            raise ValueError(
-                "cannot find the per-device batch size (no datamodule.batch_size, no dataloader.batch_size); "
-                "set model.init_args.lr to an absolute learning rate"
-            )
-        return int(size) * int(getattr(datamodule, "repeated_sampling", 1) or 1)
-
-    def _steps_per_epoch(self) -> int:
-        batches = self.trainer.num_training_batches
-        if not math.isfinite(batches):
-            raise ValueError(
-                "the training data has no length, so warmup_epochs cannot be turned into steps; "
-                "set model.init_args.warmup_steps"
-            )
-        return math.ceil(batches / self.trainer.accumulate_grad_batches)
 
     def configure_optimizers(self):
         from lightning.pytorch.utilities import rank_zero_info
 
-        name = type(self).__name__
-        trainer = self.trainer
-        total_steps = trainer.estimated_stepping_batches
+        name, trainer, config = type(self).__name__, self.trainer, self.optimizer_config
         if trainer.train_dataloader is None:
             # With max_epochs=-1 Lightning has not loaded the data yet; batch sizes and epoch lengths need it.
             trainer.fit_loop.setup_data()
-        if self.lr is not None:
-            lr = self.lr
-            rank_zero_info(f"{name}: lr = {lr:.3g} (absolute, from lr)")
-        else:
-            self.effective_batch_size = (
-                self._per_device_batch_size() * trainer.num_devices * trainer.num_nodes
-                * trainer.accumulate_grad_batches
-            )
-            lr = scaled_lr(self.base_lr, self.effective_batch_size, self.base_batch_size)
-            rank_zero_info(
-                f"{name}: lr = base_lr {self.base_lr:.3g} x effective batch {self.effective_batch_size} / "
-                f"base_batch_size {self.base_batch_size} = {lr:.3g}"
-            )
-        self.peak_lr = lr
-        if self.warmup_steps is not None:
-            warmup = self.warmup_steps
-        else:
-            warmup = round(self.warmup_epochs * self._steps_per_epoch()) if self.warmup_epochs else 0
-        if math.isfinite(total_steps):
-            warmup = min(warmup, int(total_steps))
+        self.peak_lr, self.effective_batch_size = config.peak_lr(trainer, name)
         # Only self.model: a frozen teacher (MAViL stage 2) is not a submodule and never reaches the optimiser.
-        groups = weight_decay_param_groups(self.model, self.weight_decay, no_decay_names=self.no_decay_names)
-        optimizer = adamw(groups, lr=lr, betas=self.betas)
+        groups = weight_decay_param_groups(self.model, config.weight_decay, no_decay_names=self.no_decay_names)
+        optimizer = adamw(groups, lr=self.peak_lr, betas=config.betas)
         rank_zero_info(f"{name}: AdamW, {implementation(optimizer)} implementation")
-        scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup, self.min_lr)
-        rank_zero_info(f"{name}: {int(total_steps)} optimiser steps, {warmup} of warmup")
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return config.scheduled(optimizer, trainer, name)
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         # timm schedulers are driven by the number of optimiser steps taken so far.

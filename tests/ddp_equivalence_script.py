@@ -49,9 +49,10 @@ class Record(pl.Callback):
 def run(images: str, out: str, devices: int, batch_size: int) -> None:
     pl.seed_everything(0, workers=True, verbose=False)
     model = MaskedAutoencoderHiera(**TINY)  # the same initial weights on every rank: seeded above
-    module = MAEPretrainModule(model, lr=1e-3, warmup_steps=0, log_images_every_n_steps=0)
-    data = ImageDataModule(root=images, input_size=64, batch_size=batch_size, num_workers=0, val_split=None,
-                           crop_scale=(0.3, 1.0), pin_memory=False)
+    module = MAEPretrainModule(model, log_images_every_n_steps=0, optimizer={"lr": 1e-3, "warmup_steps": 0})
+    data = ImageDataModule(root=images, input_size=64, batch_size=batch_size, val_split=None,
+                           crop_scale=(0.3, 1.0),
+                           loader={"num_workers": 0, "pin_memory": False})
     trainer = pl.Trainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=1,
         max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -62,11 +62,11 @@ def main() -> None:
         shards=args.shards,
         input_size=16,
         batch_size=4,
-        num_workers=args.workers,
         val_split=None,
         shard_options=ShardOptions(
             resampled=args.mode == "resampled", epoch_samples=args.epoch_samples, shuffle_buffer=8
         ),
+        loader={"num_workers": args.workers},
     )
     trainer = L.Trainer(
         accelerator="cpu",

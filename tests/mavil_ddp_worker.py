@@ -31,8 +31,8 @@ def build():
     model = MAViL(audio_size=(64, 128), num_frames=4, image_size=32, patch_size=16, embed_dim=32, depth=1,
                   num_heads=2, fusion_depth=1, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
                   projection_dim=16, audio_mask_ratio=0.75, video_mask_ratio=0.5)
-    module = MAViLPretrainModule(model, inter_weight=0.5, intra_weight=0.3, inter_temperature=0.1,
-                                 intra_temperature=0.2)
+    contrastive = {"inter_weight": 0.5, "intra_weight": 0.3, "inter_temperature": 0.1, "intra_temperature": 0.2}
+    module = MAViLPretrainModule(model, contrastive=contrastive)
     g = torch.Generator().manual_seed(1)
     batch = {"fbank": torch.randn(GLOBAL_BATCH, 1, 64, 128, generator=g),
              "video": torch.randn(GLOBAL_BATCH, 3, 4, 32, 32, generator=g)}

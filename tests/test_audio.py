@@ -383,7 +383,7 @@ def test_audio_datamodule_batches(tmp_path):
         target_length=128,
         fbank={"freqm": 8, "timem": 16},
         batch_size=2,
-        num_workers=0,
+        loader={"num_workers": 0},
     )
     assert module.num_classes == 2
     batch = next(iter(module.train_dataloader()))
@@ -393,7 +393,7 @@ def test_audio_datamodule_batches(tmp_path):
     val = list(module.val_dataloader())
     assert sum(len(b["key"]) for b in val) == 2
 
-    folder = AudioDataModule(root=str(root), target_length=100, batch_size=3, num_workers=0)
+    folder = AudioDataModule(root=str(root), target_length=100, batch_size=3, loader={"num_workers": 0})
     assert next(iter(folder.train_dataloader()))["fbank"].shape == (3, 1, 100, 128)
     assert len(folder.val_dataloader()) == 1
 

@@ -426,8 +426,8 @@ def test_audio_video_datamodule_batches(av_root):
         video_fps=4.0,
         input_size=32,
         batch_size=2,
-        num_workers=0,
         fbank={"freqm": 4, "timem": 10},
+        loader={"num_workers": 0},
     )
     assert module.num_classes == 3
     batch = next(iter(module.train_dataloader()))
@@ -446,8 +446,8 @@ def test_audio_video_datamodule_batches(av_root):
         target_length=256,
         input_size=32,
         batch_size=3,
-        num_workers=0,
         missing_audio="zeros",
+        loader={"num_workers": 0},
     )
     batch = next(iter(by_stride.train_dataloader()))
     assert batch["video"].shape == (3, 3, 4, 32, 32) and batch["fbank"].shape == (3, 1, 256, 128)

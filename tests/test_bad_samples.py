@@ -128,7 +128,7 @@ def test_bad_images_in_shards_are_counted_exactly(tmp_path):
         )
 
     data = ImageDataModule(
-        shards=[str(index), str(extra)], input_size=32, batch_size=4, num_workers=1, val_split=None
+        shards=[str(index), str(extra)], input_size=32, batch_size=4, val_split=None, loader={"num_workers": 1}
     )
     callback, logger, model = fit(data, every_n_batches=3)
     expect_logged(callback, logger, {"truncated": 1, "unidentified": 1, "missing": 1}, delivered=57)
@@ -148,9 +148,9 @@ def test_bad_videos_in_shards_are_counted_exactly(tmp_path):
         num_frames=4,
         sampling_rate=3,
         batch_size=2,
-        num_workers=0,
         val_split=None,
         require_full_window=True,  # the 4-frame clip is shorter than the 10-frame window
+        loader={"num_workers": 0},
     )
     callback, logger, _ = fit(data)
     expect_logged(callback, logger, {"decode_error": 1, "short_clip": 1}, delivered=38)
@@ -165,7 +165,7 @@ def test_bad_audio_in_shards_is_counted_exactly(tmp_path):
     files[30].write_bytes(b"RIFF" + bytes(range(256)) * 8)  # garbage behind a WAV magic number
     index = make_shards("audio", tmp_path / "shards", root, max_count=10, options=NO_VERIFY, progress=False)
     data = AudioDataModule(
-        shards=str(index), target_length=50, fbank={"freqm": 0, "timem": 0}, batch_size=4, num_workers=1, val_split=None
+        shards=str(index), target_length=50, fbank={"freqm": 0, "timem": 0}, batch_size=4, val_split=None, loader={"num_workers": 1}
     )
     callback, logger, _ = fit(data)
     expect_logged(callback, logger, {"empty_audio": 1, "decode_error": 1}, delivered=38)
@@ -182,8 +182,8 @@ def test_missing_file_in_a_manifest_is_counted(tmp_path):
         num_frames=4,
         sampling_rate=1,
         batch_size=2,
-        num_workers=1,
         val_split=None,
+        loader={"num_workers": 1},
     )
     callback, logger, _ = fit(data)
     # A map-style dataset returns the next sample in place of a bad one: 20 samples still come out.
@@ -268,9 +268,9 @@ def test_run_stops_above_the_skip_fraction(mostly_bad_shards):
         shards=str(mostly_bad_shards),
         input_size=32,
         batch_size=2,
-        num_workers=0,
         val_split=None,
         skips=SkipPolicy(max_skip_fraction=0.1),
+        loader={"num_workers": 0},
     )
     with pytest.raises(SkipFractionExceeded) as info:
         fit(data)
@@ -283,9 +283,9 @@ def test_run_stops_above_the_skip_fraction(mostly_bad_shards):
         shards=str(mostly_bad_shards),
         input_size=32,
         batch_size=2,
-        num_workers=0,
         val_split=None,
         skips=SkipPolicy(max_skip_fraction=0.5),
+        loader={"num_workers": 0},
     )
     callback, _, _ = fit(relaxed)
     assert callback.totals == {"truncated": 6}
@@ -310,9 +310,9 @@ def test_skip_log_lists_keys_and_reasons(tmp_path, mostly_bad_shards):
         shards=str(mostly_bad_shards),
         input_size=32,
         batch_size=2,
-        num_workers=1,
         val_split=None,
         skips=SkipPolicy(max_skip_fraction=None, skip_log=str(log)),
+        loader={"num_workers": 1},
     )
     fit(data)
     records = [json.loads(line) for line in (tmp_path / "skips-0.jsonl").read_text().splitlines()]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning.pytorch  # noqa: F401  (imported here so its log handler binds pytest's stderr, not a test's)
 import pytest
+import yaml
 from unveil.launch.cli import condense_parser_error, main
 from unveil.launch.recipes import RecipeNotFoundError, recipes_dir, resolve_recipe, shipped_recipes
 
@@ -92,6 +93,25 @@ def test_unknown_key_in_recipe_names_key_and_file(capsys, tmp_path):
     assert "unknown key 'model.init_args.model.init_args.decoder_dpeth'" in line and "edited.yaml" in line
 
 
+def test_keys_from_before_the_option_groups_fail_with_one_line(capsys):
+    """``lr`` and ``num_workers`` moved under ``optimizer:`` and ``loader:`` (README, Recipes): the old keys
+    stop the command at once, naming the key, and the new ones parse."""
+    code, _, err = run_main(capsys, "fit", "--config", "quickstart", "--model.init_args.lr", "1e-3")
+    assert code == 2 and error_line(err).endswith("unknown key 'model.init_args.lr' on the command line")
+    code, _, err = run_main(capsys, "fit", "--config", "quickstart", "--data.init_args.num_workers", "0")
+    assert code == 2 and error_line(err).endswith("unknown key 'data.init_args.num_workers' on the command line")
+    with pytest.raises(SystemExit) as printed:
+        main(["fit", "--config", "quickstart", "--model.init_args.optimizer.lr", "1e-3",
+              "--data.init_args.loader.num_workers", "0", "--print_config"])
+    assert printed.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["init_args"]["optimizer"]["lr"] == 1e-3
+    assert config["model"]["init_args"]["optimizer"]["warmup_steps"] == 20  # the recipe's other values stay
+    assert config["data"]["init_args"]["loader"] == {
+        "num_workers": 0, "pin_memory": True, "val_batch_size": None, "shuffle_seed": 0
+    }
+
+
 def test_unknown_top_level_and_trainer_keys(capsys, tmp_path):
     code, _, err = run_main(capsys, "fit", "--config", str(recipe_copy(tmp_path, "max_steps:", "max_stepz:")))
     assert code == 2 and "unknown key 'trainer.max_stepz'" in error_line(err)
@@ -109,7 +129,7 @@ def test_wrong_type_fails_with_one_line(capsys, tmp_path):
     code, _, err = run_main(capsys, "fit", "--config", str(path))
     assert code == 2
     line = error_line(err)
-    assert "bad value for 'model.init_args.lr'" in line and "expected float" in line and "fast" in line
+    assert "bad value for 'model.init_args.optimizer.lr'" in line and "expected float" in line and "fast" in line
 
 
 def test_bad_class_path_and_bad_yaml(capsys, tmp_path):
@@ -160,7 +180,7 @@ def test_synth_and_fit_quickstart_end_to_end(capsys, tmp_path, monkeypatch):
     code, _, err = run_main(
         capsys, "fit", "--config", "quickstart",
         "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
-        "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+        "--data.init_args.batch_size", "2", "--data.init_args.loader.num_workers", "0",
         "--model.init_args.num_vis_samples", "1",
     )
     assert code == 0, err

@@ -301,7 +301,7 @@ def test_broken_video_is_skipped(video_root, tmp_path, caplog):
 
 
 def test_image_datamodule_batches(image_root):
-    dm = ImageDataModule(str(image_root), input_size=32, batch_size=5, num_workers=0)
+    dm = ImageDataModule(str(image_root), input_size=32, batch_size=5, loader={"num_workers": 0})
     assert dm.num_classes == 3
     loader = dm.train_dataloader()
     assert len(loader) == 2  # 12 images, drop_last
@@ -310,7 +310,7 @@ def test_image_datamodule_batches(image_root):
     val = list(dm.val_dataloader())
     assert [b["image"].shape[0] for b in val] == [5, 1]  # 6 images, nothing dropped
     assert torch.equal(val[0]["image"], next(iter(dm.val_dataloader()))["image"])  # not shuffled
-    workers = ImageDataModule(str(image_root), batch_size=2, num_workers=2).train_dataloader()
+    workers = ImageDataModule(str(image_root), batch_size=2, loader={"num_workers": 2}).train_dataloader()
     assert workers.persistent_workers and workers.num_workers == 2
 
 
@@ -322,7 +322,7 @@ def test_video_datamodule_repeated_batches(video_root):
         sampling_rate=2,
         repeated_sampling=2,
         batch_size=2,
-        num_workers=0,
+        loader={"num_workers": 0},
     )
     batch = next(iter(dm.train_dataloader()))
     assert batch["video"].shape == (4, 3, 4, 32, 32)
@@ -335,7 +335,7 @@ def test_video_datamodule_repeated_batches(video_root):
         input_size=32,
         num_frames=4,
         batch_size=3,
-        num_workers=0,
+        loader={"num_workers": 0},
     )
     assert manifest.num_classes == 2 and len(manifest.train_dataloader()) == 2
     assert next(iter(manifest.val_dataloader()))["key"][0].startswith("val/")
@@ -384,7 +384,7 @@ def test_datamodule_errors_are_one_line_and_name_the_argument(image_root, video_
         assert "\n" not in text
         assert message in text, text
     # No validation split is a valid choice.
-    assert ImageDataModule(str(image_root), val_split=None, num_workers=0).val_dataloader() == []
+    assert ImageDataModule(str(image_root), val_split=None, loader={"num_workers": 0}).val_dataloader() == []
 
 
 def test_datamodule_builds_from_yaml(image_root, video_root):
@@ -395,7 +395,7 @@ def test_datamodule_builds_from_yaml(image_root, video_root):
     parser.add_class_arguments(VideoDataModule, "video")
     config = parser.parse_string(
         f"image:\n  root: {image_root}\n  input_size: 32\n  crop_scale: [0.3, 0.9]\n  val_split: null\n"
-        f"video:\n  root: {video_root}\n  repeated_sampling: 4\n  num_workers: 0\n"
+        f"video:\n  root: {video_root}\n  repeated_sampling: 4\n  loader: {{num_workers: 0}}\n"
     )
     built = parser.instantiate_classes(config)
     assert isinstance(built.image, ImageDataModule) and built.image.crop_scale == (0.3, 0.9)
@@ -434,7 +434,7 @@ def test_datamodule_drives_a_lightning_fit(image_root):
     trainer.fit(
         model,
         datamodule=ImageDataModule(
-            str(image_root), input_size=16, batch_size=4, num_workers=0, val_split=None
+            str(image_root), input_size=16, batch_size=4, val_split=None, loader={"num_workers": 0}
         ),
     )
     assert model.seen == [torch.Size([4, 3, 16, 16])] * 2

@@ -339,7 +339,7 @@ def quickstart_abswin_export(tmp_path_factory) -> Path:
     _unveil(root, "synth", "images", "--out", "data/shapes", "--train_per_class", "4", "--val_per_class", "1",
             "--size", "128")
     _unveil(root, "fit", "--config", "quickstart", "--config", "presets/abswin", "--trainer.max_steps", "2",
-            "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+            "--data.init_args.batch_size", "4", "--data.init_args.loader.num_workers", "0",
             "--trainer.val_check_interval", "2", "--trainer.callbacks+=unveil.pretrain.resume.PeriodicCheckpoint",
             "--trainer.callbacks.every_n_train_steps=2", "--trainer.callbacks.save_last=true")
     last = next(root.glob("runs/quickstart/version_*/checkpoints/last.ckpt"))
@@ -354,7 +354,7 @@ def test_quickstart_hieradet_chain_through_the_cli(tmp_path, quickstart_abswin_e
             "--val_images", "2")
     result = _unveil(tmp_path, "fit", "--config", "quickstart_hieradet", "--model.init_args.init_checkpoint",
                      quickstart_abswin_export, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
-                     "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+                     "--data.init_args.batch_size", "2", "--data.init_args.loader.num_workers", "0",
                      "--model.init_args.log_images_every_n_steps", "1")
     assert "trunk keys loaded" in result.stdout
     run = next(tmp_path.glob("runs/quickstart_hieradet/version_*"))
@@ -370,7 +370,7 @@ def test_detection_proof_from_an_export_and_from_a_random_trunk(tmp_path, quicks
     result = subprocess.run(
         [sys.executable, str(script), "--init", str(quickstart_abswin_export), "--data", "coco", "--steps", "2",
          "--eval-every", "2", "--work", "work", "--json", "proof.json", "--",
-         "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0"],
+         "--data.init_args.batch_size", "2", "--data.init_args.loader.num_workers", "0"],
         capture_output=True, text=True, cwd=tmp_path, timeout=1800, check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -399,7 +399,8 @@ def test_coco_shards_give_the_samples_of_the_folder(coco_dir, tmp_path):
         )
         assert result.returncode == 0, result.stderr[-2000:]
     data = CocoDataModule(shards=str(tmp_path / "shards" / "train.json"), val_shards=str(tmp_path / "shards" / "val.json"),
-                          image_size=64, batch_size=2, num_workers=0)
+                          image_size=64, batch_size=2,
+                          loader={"num_workers": 0})
     assert data.num_classes == 8
     folder = CocoInstances(coco_dir / "val", coco_dir / "annotations" / "instances_val.json", None, train=False)
     expected = {folder[i]["key"]: folder[i] for i in range(len(folder))}
@@ -422,7 +423,7 @@ def test_validation_under_ddp_sees_each_image_once(coco_dir):
     class FakeTrainer:
         world_size, global_rank = 3, 0
 
-    data = CocoDataModule(str(coco_dir), image_size=64, batch_size=1, num_workers=0)
+    data = CocoDataModule(str(coco_dir), image_size=64, batch_size=1, loader={"num_workers": 0})
     data.trainer = FakeTrainer()
     indices = []
     for rank in range(3):
@@ -510,7 +511,7 @@ def _fit_on_two_cpu_ranks(cwd: Path, *extra: str, timeout: float = 600) -> subpr
     return subprocess.run(
         [str(UNVEIL), "fit", "--config", "quickstart_hieradet", "--config", "presets/ddp", "--trainer.devices", "2",
          "--trainer.accelerator", "cpu", "--data.init_args.root", "coco", "--trainer.max_steps", "2",
-         "--trainer.val_check_interval", "2", "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+         "--trainer.val_check_interval", "2", "--data.init_args.batch_size", "2", "--data.init_args.loader.num_workers", "0",
          *extra],
         capture_output=True, text=True, cwd=cwd, timeout=timeout, check=False,
     )

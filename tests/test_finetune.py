@@ -200,7 +200,7 @@ def test_random_init_keeps_the_architecture_and_loads_nothing(mae):
 
 def test_layer_decay_groups_follow_depth(mae):
     module = FineTuneClassifier(
-        str(mae[1]), num_classes=4, lr=1e-3, layer_decay=0.5, backbone_overrides={"q_pool": 3}
+        str(mae[1]), num_classes=4, layer_decay=0.5, backbone_overrides={"q_pool": 3}, optimizer={"lr": 1e-3}
     )
     from timm.optim import param_groups_layer_decay
 
@@ -228,9 +228,9 @@ def test_audio_time_frequency_masking_drops_whole_rows_and_columns(mavil):
         modality="audio",
         num_classes=3,
         multi_label=True,
-        lr=1e-3,
         mask_t_prob=0.5,
         mask_f_prob=0.25,
+        optimizer={"lr": 1e-3},
     )
     net = module.net.train()
     fbank = torch.randn(2, 1, 64, 128)  # 4 x 8 patches
@@ -241,7 +241,7 @@ def test_audio_time_frequency_masking_drops_whole_rows_and_columns(mavil):
 def test_mixup_of_video_and_multi_label_targets(mavil):
     torch.manual_seed(0)
     module = FineTuneClassifier(
-        str(mavil[1]), modality="audio_video", num_classes=4, multi_label=True, lr=1e-3, mixup=0.5
+        str(mavil[1]), modality="audio_video", num_classes=4, multi_label=True, mixup=0.5, optimizer={"lr": 1e-3}
     )
     samples = Samples(4, multi_label=True, fbank=(1, 64, 128), video=(3, 4, 32, 32))
     batch = {k: torch.stack([samples[i][k] for i in range(4)]) for k in ("fbank", "video", "label")}
@@ -268,7 +268,7 @@ def test_map_is_audiomaes_mean_average_precision():
     """val/mAP (torchmetrics, macro) against util/stat.py's mean of sklearn's per-class average precision."""
     from sklearn.metrics import average_precision_score
 
-    module = FineTuneClassifier(None, model="hiera_tiny_224", num_classes=6, multi_label=True, lr=1e-3)
+    module = FineTuneClassifier(None, model="hiera_tiny_224", num_classes=6, multi_label=True, optimizer={"lr": 1e-3})
     rng = np.random.default_rng(0)
     target = (rng.random((40, 6)) < 0.3).astype(int)
     target[0] = 1  # every class has a positive
@@ -286,11 +286,10 @@ def test_finetune_learns_and_draws_its_confusion_matrix(mae):
     module = FineTuneClassifier(
         str(mae[1]),
         num_classes=4,
-        lr=3e-3,
-        warmup_steps=0,
         layer_decay=1.0,
         label_smoothing=0.0,
         backbone_overrides={"q_pool": 3},
+        optimizer={"lr": 3e-3, "warmup_steps": 0},
     )
     data = Samples(8, image=(3, 32, 32))  # 32 px: one mask unit, position embeddings resampled
     trainer = fit(module, data, steps=8)
@@ -299,7 +298,7 @@ def test_finetune_learns_and_draws_its_confusion_matrix(mae):
 
 
 def test_linear_probe_trains_only_its_head(mae):
-    module = LinearProbe(str(mae[1]), num_classes=4, lr=1.0, warmup_steps=0)
+    module = LinearProbe(str(mae[1]), num_classes=4, optimizer={"lr": 1.0, "warmup_steps": 0})
     before = {k: v.clone() for k, v in module.net.state_dict().items()}
     head_before = module.head[1].weight.clone()
     fit(module, Samples(8, image=(3, 64, 64)), steps=3)
@@ -320,8 +319,8 @@ def test_pictures_reach_tensorboard(mavil, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     module = LinearProbe(
-        str(mavil[1]), modality="audio", num_classes=4, multi_label=True, lr=1.0, warmup_steps=0
-    )
+        str(mavil[1]), modality="audio", num_classes=4, multi_label=True,
+        optimizer={"lr": 1.0, "warmup_steps": 0})
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=2,
@@ -362,7 +361,7 @@ def test_one_hot_labels_and_classes_from_the_data(mavil):
             sample["label"] = torch.nn.functional.one_hot(sample["label"], 4).float()
             return sample
 
-    module = FineTuneClassifier(str(mavil[1]), modality="video", lr=1e-3, warmup_steps=0)
+    module = FineTuneClassifier(str(mavil[1]), modality="video", optimizer={"lr": 1e-3, "warmup_steps": 0})
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=2,
@@ -400,8 +399,8 @@ def test_multi_view_validation_takes_evenly_spread_windows_and_crops(tmp_path):
         num_frames=4,
         sampling_rate=2,
         batch_size=1,
-        num_workers=0,
         val_views=(3, 2),
+        loader={"num_workers": 0},
     )
     data.setup()
     sample = data.val_set[0]
@@ -439,7 +438,7 @@ def test_class_balanced_epochs_follow_audiomaes_gen_weight(tmp_path):
         tmp_path / "audio", num_classes=2, train_per_class=3, val_per_class=1, duration=1.0, progress=False
     )
     data = FineTuneAudioDataModule(
-        root=str(tmp_path / "audio"), target_length=100, batch_size=2, num_workers=0, balanced_samples=4
+        root=str(tmp_path / "audio"), target_length=100, batch_size=2, balanced_samples=4, loader={"num_workers": 0}
     )
     batches = list(data.train_dataloader())
     assert len(batches) == 2 and batches[0]["fbank"].shape == (2, 1, 100, 128)
@@ -499,7 +498,7 @@ SHRINK = (
     "1",
     "--data.init_args.batch_size",
     "4",
-    "--data.init_args.num_workers",
+    "--data.init_args.loader.num_workers",
     "0",
     "--data.init_args.input_size",
     "64",
@@ -640,7 +639,7 @@ def test_readme_mavil_quickstart_finetune(tmp_path, mavil):
         "1",
         "--data.init_args.batch_size",
         "4",
-        "--data.init_args.num_workers",
+        "--data.init_args.loader.num_workers",
         "0",
         "--model.init_args.log_images_every_n_steps",
         "0",
@@ -657,7 +656,7 @@ def test_readme_mavil_quickstart_finetune(tmp_path, mavil):
             "2",
             "--data.init_args.batch_size",
             "4",
-            "--data.init_args.num_workers",
+            "--data.init_args.loader.num_workers",
             "0",
             "--model.init_args.modality",
             modality,

@@ -34,7 +34,7 @@ TINY = dict(
     audio_mask_ratio=0.75, video_mask_ratio=0.5,
 )
 DATA = dict(input_size=32, duration=2.0, video_fps=2.0, num_frames=4, target_length=64, batch_size=4,
-            num_workers=0, pin_memory=False)
+            loader={"num_workers": 0, "pin_memory": False})
 
 
 def tiny(**overrides) -> MAViL:
@@ -242,20 +242,21 @@ def test_retrieval_recall_closed_form():
 
 def test_stage1_losses_are_the_weighted_sum():
     module = MAViLPretrainModule(tiny(), audio_reconstruction_weight=0.5, video_reconstruction_weight=2.0,
-                                 inter_weight=0.3, intra_weight=0.7)
+                                 contrastive={"inter_weight": 0.3, "intra_weight": 0.7})
     losses = module.compute_losses(random_batch())
     assert set(losses) == {"loss", "recon_audio", "recon_video", "inter", "intra_audio", "intra_video"}
     expected = (0.5 * losses["recon_audio"] + 2.0 * losses["recon_video"] + 0.3 * losses["inter"]
                 + 0.7 * (losses["intra_audio"] + losses["intra_video"]))
     assert torch.allclose(losses["loss"], expected)
-    plain = MAViLPretrainModule(tiny(), inter_weight=0.0, intra_weight=0.0).compute_losses(random_batch())
+    plain = MAViLPretrainModule(tiny(), contrastive={"inter_weight": 0.0, "intra_weight": 0.0})
+    plain = plain.compute_losses(random_batch())
     assert set(plain) == {"loss", "recon_audio", "recon_video"}
     with pytest.raises(ValueError, match="target_dim"):
         MAViLPretrainModule(tiny(target_dim=32))
 
 
 def test_clips_without_audio_are_left_out():
-    module = MAViLPretrainModule(tiny(), intra_weight=0.0)
+    module = MAViLPretrainModule(tiny(), contrastive={"intra_weight": 0.0})
     batch = random_batch(4)
     masks = module.model.sample_masks(4)
     flagged = {**batch, "audio_missing": torch.tensor([False, False, True, False])}
@@ -301,7 +302,7 @@ def fit(module, root: Path, run_dir: Path, steps: int, **trainer_kwargs) -> pl.T
 def stage1_run(av_root, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("stage1")
     pl.seed_everything(0)
-    module = MAViLPretrainModule(tiny(), lr=1e-3, warmup_steps=1, log_images_every_n_steps=2, num_vis_samples=2)
+    module = MAViLPretrainModule(tiny(), log_images_every_n_steps=2, num_vis_samples=2, optimizer={"lr": 1e-3, "warmup_steps": 1})
     trainer = fit(module, av_root, run_dir, steps=2, val_check_interval=2, check_val_every_n_epoch=None)
     checkpoint = run_dir / "stage1.ckpt"
     trainer.save_checkpoint(checkpoint)
@@ -333,8 +334,9 @@ def test_stage1_trains_logs_every_term_retrieval_and_pictures(stage1_run):
 
 def test_stage2_teacher_is_frozen_unsaved_and_identical_after_a_step(stage1_run, av_root, tmp_path):
     _, _, checkpoint = stage1_run
-    module = MAViLSelfTrainModule(tiny(target_dim=32), str(checkpoint), target_layers=(0, 1), lr=1e-3,
-                                  warmup_steps=0, inter_weight=0.5)
+    module = MAViLSelfTrainModule(tiny(target_dim=32), str(checkpoint), target_layers=(0, 1),
+                                  optimizer={"lr": 1e-3, "warmup_steps": 0},
+                                  contrastive={"inter_weight": 0.5})
     teacher = module.teacher
     stage1_weights = load_mavil_state_dict(checkpoint)
     assert all(torch.equal(v, stage1_weights[k]) for k, v in teacher.state_dict().items())  # loaded
@@ -448,7 +450,7 @@ def test_quickstart_recipes_run_both_stages_through_the_cli(av_root, tmp_path, m
     data_root.parent.mkdir()
     data_root.symlink_to(av_root)
     tiny_args = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--data.init_args.batch_size=4",
-                 "--data.init_args.num_workers=0"]
+                 "--data.init_args.loader.num_workers=0"]
     assert main(["fit", "--config", "quickstart_mavil", *tiny_args,
                  "--model.init_args.log_images_every_n_steps=0"]) == 0
     teacher = tmp_path / "runs" / "quickstart_mavil" / "stage1" / "checkpoints" / "last.ckpt"

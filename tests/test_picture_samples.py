@@ -30,7 +30,7 @@ def images(tmp_path_factory):
 def _shard_module(kind: str, tmp_path_factory) -> tuple[object, tuple[str, ...]]:
     """A DataModule whose validation data are tiny generated shards of ``kind``, and its input keys."""
     out = tmp_path_factory.mktemp(kind)
-    common = {"batch_size": 2, "num_workers": 2, "val_batch_size": 2}
+    common = {"batch_size": 2, "loader": {"num_workers": 2, "val_batch_size": 2}}
     if kind == "images":
         root = make_image_folder(out / "data", 2, 3, 0, size=40, progress=False)
         index = str(make_shards("images", out / "shards", root, split="train", max_count=2, progress=False))
@@ -71,7 +71,7 @@ def test_shard_sources_give_their_first_validation_samples(kind, tmp_path_factor
 
 
 def test_folder_source_gives_samples_spread_over_the_split(images):
-    module = ImageDataModule(root=str(images), input_size=32, batch_size=2, num_workers=0)
+    module = ImageDataModule(root=str(images), input_size=32, batch_size=2, loader={"num_workers": 0})
     samples = validation_samples(module, COUNT, lambda batch: {"image": batch["image"], "label": batch["label"]})
     # 6 validation images, 2 per class in class order: indices 0, 2 (2.5 rounds to even) and 5, one per class
     module.setup()
@@ -83,6 +83,6 @@ def test_folder_source_gives_samples_spread_over_the_split(images):
 
 
 def test_no_validation_data_gives_none(images):
-    module = ImageDataModule(root=str(images), input_size=32, batch_size=2, num_workers=0, val_split=None)
+    module = ImageDataModule(root=str(images), input_size=32, batch_size=2, val_split=None, loader={"num_workers": 0})
     assert validation_samples(module, COUNT, lambda batch: {"image": batch["image"]}) is None
     assert validation_samples(None, COUNT, lambda batch: batch) is None

@@ -147,9 +147,10 @@ def test_short_fit_writes_pictures_checkpoint_and_follows_schedule(tmp_path):
 
     root = make_image_folder(tmp_path / "shapes", num_classes=2, train_per_class=4, val_per_class=2, size=64,
                              progress=False)
-    data = ImageDataModule(str(root), input_size=64, batch_size=2, num_workers=0)
-    module = MAEPretrainModule(tiny_image_mae(), base_lr=1e-3, warmup_epochs=1, min_lr=1e-6,
-                               log_images_every_n_steps=2, num_vis_samples=2)
+    data = ImageDataModule(str(root), input_size=64, batch_size=2, loader={"num_workers": 0})
+    module = MAEPretrainModule(tiny_image_mae(),
+                               log_images_every_n_steps=2, num_vis_samples=2,
+                               optimizer={"base_lr": 1e-3, "warmup_epochs": 1, "min_lr": 1e-6})
 
     seen_lrs = []
 
@@ -182,7 +183,7 @@ def test_short_fit_writes_pictures_checkpoint_and_follows_schedule(tmp_path):
     assert list(Path(tmp_path).rglob("*.ckpt"))
     for key in ("train/loss", "train/lr", "train/samples_per_sec", "val/loss"):
         assert key in fit.callback_metrics, key
-    assert module.hparams.base_lr == 1e-3 and "model" not in module.hparams
+    assert module.hparams.optimizer["base_lr"] == 1e-3 and "model" not in module.hparams
 
 
 def test_fixed_batch_loss_goes_down(tmp_path):
@@ -190,7 +191,7 @@ def test_fixed_batch_loss_goes_down(tmp_path):
     torch.manual_seed(0)
     images = smooth_images(4, 64)
     model = tiny_image_mae()
-    module = MAEPretrainModule(model, lr=3e-3, warmup_steps=5, weight_decay=0.0, log_images_every_n_steps=0)
+    module = MAEPretrainModule(model, log_images_every_n_steps=0, optimizer={"lr": 3e-3, "warmup_steps": 5, "weight_decay": 0.0})
     mask = model.get_random_mask(images, 0.6)
 
     def fixed_mask_loss() -> float:
@@ -210,8 +211,9 @@ def test_fixed_batch_loss_goes_down(tmp_path):
 def test_video_fit_without_datamodule(tmp_path):
     """Video batches from a plain DataLoader: batch size read from the loader, pictures from training samples."""
     clips = torch.randn(4, 3, 4, 64, 64)
-    module = MAEPretrainModule(tiny_video_mae(), base_lr=1e-3, warmup_steps=1, log_images_every_n_steps=1,
-                               num_vis_samples=1, vis_frames=2)
+    module = MAEPretrainModule(tiny_video_mae(), log_images_every_n_steps=1,
+                               num_vis_samples=1, vis_frames=2,
+                               optimizer={"base_lr": 1e-3, "warmup_steps": 1})
     fit = trainer(tmp_path, max_steps=2, max_epochs=-1)
     fit.fit(module, DataLoader(DictDataset(clips, "video"), batch_size=2))
     assert module.effective_batch_size == 2

@@ -23,7 +23,7 @@ UNVEIL = Path(sys.executable).with_name("unveil")
 # Shrink the quickstart: 2 steps at 64 px, batch 4, a validation pass and a picture at every step, no workers.
 TINY_IMAGE = (
     "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",
-    "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--data.init_args.input_size", "64",
+    "--data.init_args.batch_size", "4", "--data.init_args.loader.num_workers", "0", "--data.init_args.input_size", "64",
     "--model.init_args.model.init_args.input_size=[64,64]", "--model.init_args.log_images_every_n_steps", "1",
     "--model.init_args.num_vis_samples", "2",
 )
@@ -241,7 +241,7 @@ def test_video_shards_make_info_and_fit_with_validation_shards(tmp_path):
     unveil("fit", "--config", "quickstart_video", "--data.init_args.root=null", "--data.init_args.csv_train=null",
            "--data.init_args.csv_val=null", "--data.init_args.shards=shards/k/train.json",
            "--data.init_args.val_shards=shards/k/val.json", "--data.init_args.input_size", "32",
-           "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+           "--data.init_args.batch_size", "2", "--data.init_args.loader.num_workers", "0",
            "--data.init_args.repeated_sampling", "1", "--model.init_args.model.init_args.input_size=[8,32,32]", "--trainer.max_steps", "2",
            "--trainer.val_check_interval", "2", "--model.init_args.log_images_every_n_steps", "1",
            "--model.init_args.num_vis_samples", "2", cwd=tmp_path)
@@ -266,7 +266,7 @@ def test_mavil_stage1_then_stage2_on_audio_video_shards_and_export(tmp_path):
     unveil("synth", "audiovideo", "--out", "data/mavil_av", "--num_classes", "2", "--train_per_class", "4",
            "--val_per_class", "2", "--duration", "2.0", "--size", "32", "--progress", "false", cwd=tmp_path)
     tiny = ("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.init_args.batch_size", "4",
-            "--data.init_args.num_workers", "0")
+            "--data.init_args.loader.num_workers", "0")
     # stage 1 as the README runs it (folders) ...
     unveil("fit", "--config", "quickstart_mavil", *tiny, "--model.init_args.log_images_every_n_steps", "1",
            cwd=tmp_path)

@@ -134,7 +134,8 @@ def test_mae_paper_recipe_follows_its_table(name):
     config = parsed(name)
     assert config.trainer.accelerator == "gpu" and config.trainer.precision == "bf16-mixed"
     assert config.trainer.strategy == "ddp"
-    data, model, optim = config.data.init_args, config.model.init_args.model.init_args, config.model.init_args
+    data, model = config.data.init_args, config.model.init_args.model.init_args
+    optim = config.model.init_args.optimizer
     assert (data.root or "").startswith("/datasets/")
     assert model.norm_pix_loss is True and model.q_pool == 2
     assert (optim.weight_decay, tuple(optim.betas), optim.min_lr) == (0.05, (0.9, 0.95), 0.0)
@@ -170,8 +171,7 @@ def optimiser_lr(name: str, devices: int | None = None) -> tuple[float, int]:
 
     config = parsed(name)
     init = config.model.init_args
-    settings = {key: init[key] for key in ("base_lr", "base_batch_size", "weight_decay", "betas", "warmup_epochs",
-                                           "min_lr")}
+    settings = {"optimizer": init.optimizer.as_dict()}
     cls = import_object(config.model.class_path)
     if name in MAVIL:
         tiny = MAViL(audio_size=(32, 16), num_frames=2, image_size=16, patch_size=8, tubelet_frames=2, embed_dim=32,
@@ -216,7 +216,7 @@ def test_optimiser_gets_the_tables_learning_rate_at_the_tables_batch(name):
 def test_k400_counts_clips_and_effective_epochs(name):
     """Table 11a counts its batch of 512 in clips and its epochs as effective epochs (repeated sampling 4)."""
     config = parsed(name)
-    data, trainer, optim = config.data.init_args, config.trainer, config.model.init_args
+    data, trainer, optim = config.data.init_args, config.trainer, config.model.init_args.optimizer
     assert data.repeated_sampling == 4
     clips_per_step = data.batch_size * data.repeated_sampling * trainer.devices * trainer.num_nodes
     assert clips_per_step * trainer.accumulate_grad_batches == 512
@@ -251,7 +251,8 @@ def test_mavil_recipe_values(name):
     assert model.fusion_depth == 2
     assert (model.audio_mask_ratio, model.decoder_embed_dim, model.decoder_depth) == (0.8, 512, 8)
     assert (data.fbank.freqm, data.fbank.timem, data.fbank.gain) == (0, 0, True)
-    assert config.model.init_args.weight_decay == 1e-4 and tuple(config.model.init_args.betas) == (0.9, 0.95)
+    optim = config.model.init_args.optimizer
+    assert optim.weight_decay == 1e-4 and tuple(optim.betas) == (0.9, 0.95)
     if "stage2" in name:
         layers = config.model.init_args.target_layers
         assert layers and all(-model.fusion_depth <= layer < model.fusion_depth for layer in layers)

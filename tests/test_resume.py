@@ -64,13 +64,13 @@ def images(tmp_path_factory) -> Path:
 
 def tiny_mae() -> MAEPretrainModule:
     model = MaskedAutoencoderHiera(input_size=(64, 64), drop_path_rate=0.1, **TINY)
-    return MAEPretrainModule(model, lr=2e-3, warmup_steps=2, min_lr=1e-4, log_images_every_n_steps=0)
+    return MAEPretrainModule(model, log_images_every_n_steps=0, optimizer={"lr": 2e-3, "warmup_steps": 2, "min_lr": 1e-4})
 
 
 def mae_run(images: Path, num_workers: int):
     module = tiny_mae()
-    data = ImageDataModule(root=str(images), input_size=64, batch_size=4, num_workers=num_workers, val_split=None,
-                           crop_scale=(0.3, 1.0), pin_memory=False)
+    data = ImageDataModule(root=str(images), input_size=64, batch_size=4, val_split=None, crop_scale=(0.3, 1.0),
+                           loader={"num_workers": num_workers, "pin_memory": False})
     return module, data
 
 
@@ -79,18 +79,22 @@ def mavil_run(clips: Path, num_workers: int):
     model = MAViL(audio_size=(192, 128), num_frames=4, image_size=32, patch_size=16, tubelet_frames=2, embed_dim=32,
                   depth=1, num_heads=2, fusion_depth=1, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
                   projection_dim=16, audio_mask_ratio=0.8, video_mask_ratio=0.5, drop_path_rate=0.1)
-    module = MAViLPretrainModule(model, lr=2e-3, warmup_steps=2, min_lr=1e-4, inter_weight=1.0, intra_weight=0.5,
-                                 log_images_every_n_steps=0)
+    module = MAViLPretrainModule(model,
+                                 log_images_every_n_steps=0,
+                                 optimizer={"lr": 2e-3, "warmup_steps": 2, "min_lr": 1e-4},
+                                 contrastive={"inter_weight": 1.0, "intra_weight": 0.5})
     data = AudioVideoDataModule(root=str(clips), duration=2.0, video_fps=2.0, num_frames=4, input_size=32,
                                 crop_scale=(0.6, 1.0), target_length=192, fbank={"freqm": 24, "timem": 48},
-                                batch_size=4, num_workers=num_workers, val_split=None, pin_memory=False)
+                                batch_size=4, val_split=None,
+                                loader={"num_workers": num_workers, "pin_memory": False})
     return module, data
 
 
 def mae_on_shards_run(shards: Path, num_workers: int):
     module = tiny_mae()
-    data = ImageDataModule(shards=str(shards), input_size=64, batch_size=4, num_workers=num_workers, val_split=None,
-                           shard_options=ShardOptions(shuffle_buffer=4), crop_scale=(0.3, 1.0), pin_memory=False)
+    data = ImageDataModule(shards=str(shards), input_size=64, batch_size=4, val_split=None,
+                           shard_options=ShardOptions(shuffle_buffer=4), crop_scale=(0.3, 1.0),
+                           loader={"num_workers": num_workers, "pin_memory": False})
     return module, data
 
 

@@ -327,17 +327,17 @@ def test_resolve_shards_forms(image_index):
 
 
 def test_datamodules_switch_to_shards_by_configuration(image_index, image_root, video_root, tmp_path):
-    data = ImageDataModule(shards=str(image_index), input_size=32, batch_size=4, num_workers=0)
+    data = ImageDataModule(shards=str(image_index), input_size=32, batch_size=4, loader={"num_workers": 0})
     assert data.num_classes == NUM_CLASSES and data.val_dataloader() == []
     loader = data.train_dataloader()
     assert isinstance(loader, ShardLoader) and len(loader) == 6
     batch = next(iter(loader))
     assert batch["image"].shape == (4, 3, 32, 32) and batch["label"].dtype == torch.int64
-    folder = ImageDataModule(str(image_root), input_size=32, batch_size=4, num_workers=0, val_split=None)
+    folder = ImageDataModule(str(image_root), input_size=32, batch_size=4, val_split=None, loader={"num_workers": 0})
     assert not isinstance(folder.train_dataloader(), ShardLoader)
     with_val = ImageDataModule(
-        shards=str(image_index), val_shards=str(image_index), input_size=32, batch_size=4, num_workers=0
-    )
+        shards=str(image_index), val_shards=str(image_index), input_size=32, batch_size=4,
+        loader={"num_workers": 0})
     assert sum(len(b["key"]) for b in with_val.val_dataloader()) == 24  # whole set, no drop
 
     video_index = make_shards("videos", tmp_path, video_root, max_count=3, progress=False)
@@ -348,7 +348,7 @@ def test_datamodules_switch_to_shards_by_configuration(image_index, image_root, 
         sampling_rate=2,
         repeated_sampling=2,
         batch_size=2,
-        num_workers=0,
+        loader={"num_workers": 0},
     )
     batch = next(iter(video.train_dataloader()))
     assert batch["video"].shape == (4, 3, 4, 32, 32) and video.num_classes == 2
@@ -436,8 +436,8 @@ def test_audio_and_audio_video_round_trip(tmp_path):
         video_fps=4,
         input_size=32,
         batch_size=2,
-        num_workers=0,
         val_split=None,
+        loader={"num_workers": 0},
     )
     batch = next(iter(data.train_dataloader()))
     assert batch["video"].shape == (2, 3, 2, 32, 32) and batch["fbank"].shape == (2, 1, 50, 128)

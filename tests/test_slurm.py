@@ -334,7 +334,7 @@ def tiny_quickstart(data: Path, probe: Path, max_steps: int, pace: float = 0.0) 
         "--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", "2",
         "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
         "--data.init_args.root", str(data), "--data.init_args.input_size", "64",
-        "--data.init_args.batch_size", str(BATCH), "--data.init_args.num_workers", "0",
+        "--data.init_args.batch_size", str(BATCH), "--data.init_args.loader.num_workers", "0",
         f"{model}input_size", "[64, 64]", f"{model}embed_dim", "16", f"{model}stages", "[1, 1, 1, 1]",
         f"{model}decoder_embed_dim", "16", f"{model}decoder_depth", "1", f"{model}decoder_num_heads", "1",
         "--model.init_args.num_vis_samples", "1", "--model.init_args.log_images_every_n_steps", "1000",

@@ -426,11 +426,12 @@ def test_datamodules_pass_the_frame_rate_of_frame_folders(tmp_path):
     for name in ("a", "b"):
         write_frames(root / "train" / name / "clip", 40)
         soundfile.write(root / "train" / name / "clip.wav", burst_audio(4.0), SAMPLE_RATE)
-    common = {"root": str(root), "val_split": None, "input_size": 32, "batch_size": 2, "num_workers": 0}
-    video = VideoDataModule(**common, num_frames=4, sampling_rate=3, frames_fps=10, pin_memory=False)
+    common = {"root": str(root), "val_split": None, "input_size": 32, "batch_size": 2,
+              "loader": {"num_workers": 0, "pin_memory": False}}
+    video = VideoDataModule(**common, num_frames=4, sampling_rate=3, frames_fps=10)
     batch = next(iter(video.train_dataloader()))
     assert video.train_set.frames_fps == 10 and batch["video"].shape == (2, 3, 4, 32, 32)
-    audio_video = AudioVideoDataModule(**common, duration=1.0, video_fps=4.0, frames_fps=10, pin_memory=False)
+    audio_video = AudioVideoDataModule(**common, duration=1.0, video_fps=4.0, frames_fps=10)
     batch = next(iter(audio_video.train_dataloader()))
     assert audio_video.pipeline(True).frames_fps == 10
     assert batch["video"].shape == (2, 3, 4, 32, 32) and batch["fbank"].shape == (2, 1, 100, 128)

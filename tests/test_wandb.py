@@ -35,7 +35,7 @@ TINY = [
     "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "2",
     "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
     "--data.init_args.root", "data/shapes", "--data.init_args.input_size", "64", "--data.init_args.batch_size", "2",
-    "--data.init_args.num_workers", "0",
+    "--data.init_args.loader.num_workers", "0",
     "--model.init_args.log_images_every_n_steps", "2", "--model.init_args.num_vis_samples", "1",
     "--model.init_args.model.init_args.input_size", "[64, 64]", "--model.init_args.model.init_args.stages", "[1, 1, 1, 1]",
     "--model.init_args.model.init_args.embed_dim", "32", "--model.init_args.model.init_args.decoder_embed_dim", "32",
@@ -197,7 +197,9 @@ def test_resolved_config_is_the_run_config(runs):
     assert config["model"]["init_args"]["model"]["init_args"]["embed_dim"] == 32
     assert config["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.WandbLogger"
     assert config["trainer"]["logger"]["init_args"]["id"] == RUN_ID
-    assert config["base_lr"] == saved["model"]["init_args"]["base_lr"]  # Lightning's own hparams are still there
+    # Lightning's own hparams are still there (the option groups as mappings)
+    assert config["optimizer"]["base_lr"] == saved["model"]["init_args"]["optimizer"]["base_lr"]
+    assert config["loader"]["num_workers"] == saved["data"]["init_args"]["loader"]["num_workers"]
     first = config_of(runs["records"][0])
     assert first["ckpt_path"] is None and first["trainer"] == saved["trainer"]
 
@@ -364,9 +366,9 @@ def test_export_backbone_at_the_end_is_a_wandb_artifact(tmp_path):
                                progress=False)
     model = MaskedAutoencoderHiera(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 1, 1),
                                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=1)
-    module = MAEPretrainModule(model, lr=1e-3, warmup_steps=1, log_images_every_n_steps=0)
-    data = ImageDataModule(root=str(images), input_size=64, batch_size=2, num_workers=0, val_split=None,
-                           pin_memory=False)
+    module = MAEPretrainModule(model, log_images_every_n_steps=0, optimizer={"lr": 1e-3, "warmup_steps": 1})
+    data = ImageDataModule(root=str(images), input_size=64, batch_size=2, val_split=None,
+                           loader={"num_workers": 0, "pin_memory": False})
     logger = WandbLogger(save_dir=str(tmp_path / "run"), project="unveil")
     export = ExportBackbone()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, max_epochs=-1, logger=logger,

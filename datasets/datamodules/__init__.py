@@ -1,7 +1,7 @@
 """LightningDataModules for MAE and MAViL pretraining, built from YAML recipes through their typed arguments.
 
-Every argument is checked in ``__init__`` (or, for the option groups ``ShardOptions``, ``SkipPolicy`` and
-``FbankOptions``, by jsonargparse while it parses), so a wrong path or value fails at once with one line that
+Every argument is checked in ``__init__`` (or, for the option groups ``LoaderOptions``, ``ShardOptions``,
+``SkipPolicy`` and ``FbankOptions``, by jsonargparse while it parses), so a wrong path or value fails at once with one line that
 names the argument, before any worker starts or any file is scanned.
 
 Modules: ``options`` (the shared option groups), ``base`` (loaders, shard switching, skip policy),
@@ -14,6 +14,7 @@ from unveil.datasets.datamodules.base import _check_crop, _LoadersMixin, _Shards
 from unveil.datasets.datamodules.image import ImageDataModule
 from unveil.datasets.datamodules.options import (
     FbankOptions,
+    LoaderOptions,
     ShardOptions,
     SkipPolicy,
     _require,
@@ -26,6 +27,7 @@ __all__ = [
     "AudioVideoDataModule",
     "FbankOptions",
     "ImageDataModule",
+    "LoaderOptions",
     "ShardOptions",
     "SkipPolicy",
     "VideoDataModule",

@@ -17,7 +17,13 @@ from unveil.datasets.datamodules.base import (
     _require_path,
     _ShardsMixin,
 )
-from unveil.datasets.datamodules.options import FbankOptions, ShardOptions, SkipPolicy, as_options
+from unveil.datasets.datamodules.options import (
+    FbankOptions,
+    LoaderOptions,
+    ShardOptions,
+    SkipPolicy,
+    as_options,
+)
 from unveil.datasets.shards import (
     AudioShardDecoder,
     AudioVideoShardDecoder,
@@ -63,11 +69,10 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         target_length: fbank frames per clip (100 per second: 1024 for AudioSet's 10 s).
         fbank: SpecAugment widths, gain, time shift and normalisation of the fbanks (``FbankOptions``).
         batch_size: clips per training batch (per device).
-        num_workers: DataLoader worker processes (0 loads in the main process).
-        pin_memory: pin host memory of the batches.
-        val_batch_size: clips per validation batch; defaults to ``batch_size``.
-        shards, val_shards, shard_options, shuffle_seed, skips: shard sources, their reading options, the
-            data seed and the bad-sample policy, as for ``ImageDataModule``.
+        loader: how batches load (``LoaderOptions``: ``num_workers``, ``pin_memory``, ``val_batch_size`` in
+            clips, ``shuffle_seed``), as for ``ImageDataModule``.
+        shards, val_shards, shard_options, skips: shard sources, their reading options and the bad-sample
+            policy, as for ``ImageDataModule``.
     """
 
     def __init__(
@@ -81,13 +86,10 @@ class AudioDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         target_length: int = 1024,
         fbank: FbankOptions = FbankOptions(),  # noqa: B008 - never mutated
         batch_size: int = 32,
-        num_workers: int = 8,
-        pin_memory: bool = True,
-        val_batch_size: int | None = None,
+        loader: LoaderOptions = LoaderOptions(),  # noqa: B008 - never mutated
         shards: str | list[str] | None = None,
         val_shards: str | list[str] | None = None,
         shard_options: ShardOptions = ShardOptions(shuffle_buffer=500),  # noqa: B008 - never mutated
-        shuffle_seed: int = 0,
         skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - never mutated
     ) -> None:
         super().__init__()
@@ -197,9 +199,10 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         frames_fps: frame rate of videos given as folders of frames (with a separate audio file).
         allow_short: keep videos shorter than the window (last frame repeated, audio zero-padded)
             instead of skipping them.
-        batch_size, num_workers, pin_memory, val_batch_size: DataLoader settings.
-        shards, val_shards, shard_options, shuffle_seed, skips: shard sources, their reading options, the
-            data seed and the bad-sample policy, as for ``ImageDataModule``.
+        batch_size: clips per training batch (per device).
+        loader: how batches load (``LoaderOptions``), as for ``ImageDataModule``.
+        shards, val_shards, shard_options, skips: shard sources, their reading options and the bad-sample
+            policy, as for ``ImageDataModule``.
     """
 
     def __init__(
@@ -225,13 +228,10 @@ class AudioVideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         allow_short: bool = False,
         frames_fps: float = 30.0,
         batch_size: int = 8,
-        num_workers: int = 8,
-        pin_memory: bool = True,
-        val_batch_size: int | None = None,
+        loader: LoaderOptions = LoaderOptions(),  # noqa: B008 - never mutated
         shards: str | list[str] | None = None,
         val_shards: str | list[str] | None = None,
         shard_options: ShardOptions = ShardOptions(shuffle_buffer=100),  # noqa: B008 - never mutated
-        shuffle_seed: int = 0,
         skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - never mutated
     ) -> None:
         super().__init__()

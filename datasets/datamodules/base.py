@@ -11,13 +11,20 @@ and their shuffle buffer are not saved.
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
+from unveil.common.config import plain_options
 from unveil.datasets.common import derive_seed, run_seed
-from unveil.datasets.datamodules.options import ShardOptions, SkipPolicy, _require, _require_path, as_options
+from unveil.datasets.datamodules.options import (
+    LoaderOptions,
+    ShardOptions,
+    SkipPolicy,
+    _require,
+    _require_path,
+    as_options,
+)
 from unveil.datasets.loading import CountingLoader, ResumableLoader
 from unveil.datasets.shards import (
     ShardDataset,
@@ -157,18 +164,16 @@ class _ShardsMixin:
     num_workers: int
     pin_memory: bool
     _shard_collate = staticmethod(default_collate)
+    default_loader = LoaderOptions()  # what a partial ``loader`` mapping (a Python call) is completed from
 
     def _init_loading(
         self,
         *,
         batch_size: int,
-        val_batch_size: int | None,
-        num_workers: int,
-        pin_memory: bool,
+        loader,
         shards,
         val_shards,
         shard_options,
-        shuffle_seed: int,
         skips,
         **kind_arguments,
     ) -> None:
@@ -178,14 +183,11 @@ class _ShardsMixin:
         to it."""
         owner = type(self).__name__
         _require(owner, "batch_size", batch_size >= 1, ">= 1", batch_size)
-        _require(
-            owner, "val_batch_size", val_batch_size is None or val_batch_size >= 1, ">= 1", val_batch_size
-        )
-        _require(owner, "num_workers", num_workers >= 0, ">= 0", num_workers)
-        self._init_sources(owner, shards, val_shards, shard_options, skips, shuffle_seed)
-        self._plain_hparams()
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        loader = as_options(owner, "loader", loader, LoaderOptions, self.default_loader)
+        self._init_sources(owner, shards, val_shards, shard_options, skips, loader.shuffle_seed)
+        plain_options(self.hparams)
+        self.batch_size, self.val_batch_size = batch_size, loader.val_batch_size
+        self.num_workers, self.pin_memory = loader.num_workers, loader.pin_memory
 
     def _init_sources(self, owner: str, shards, val_shards, shard_options, skips, shuffle_seed: int) -> None:
         """Resolve the shard sources (one line naming the key when they do not exist) and keep the shard,
@@ -218,13 +220,6 @@ class _ShardsMixin:
             )
         self.shards, self.val_shards, self.shard_sets = shards, val_shards, resolved
         self.shard_options, self.skips, self.shuffle_seed = shard_options, skips, shuffle_seed
-
-    def _plain_hparams(self) -> None:
-        """Keep the option dataclasses in ``hparams`` as mappings: checkpoints then hold only plain types
-        (``torch.load(weights_only=True)`` reads them), and a mapping builds the dataclass again."""
-        for name, value in self.hparams.items():
-            if is_dataclass(value):
-                self.hparams[name] = asdict(value)
 
     def _skip_counter(self) -> SkipCounter:
         return SkipCounter(self.skips.max_skip_fraction, skip_log=self.skips.skip_log)

@@ -12,7 +12,7 @@ from unveil.datasets.datamodules.base import (
     _require_path,
     _ShardsMixin,
 )
-from unveil.datasets.datamodules.options import ShardOptions, SkipPolicy
+from unveil.datasets.datamodules.options import LoaderOptions, ShardOptions, SkipPolicy
 from unveil.datasets.image import ImageFolderDataset, ImagePipeline, image_eval_transform, mae_image_transform
 from unveil.datasets.shards import (
     ImageShardDecoder,
@@ -33,21 +33,20 @@ class ImageDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         root: dataset folder holding the split folders (optional with ``shards``).
         input_size: side of the square crops.
         batch_size: images per training batch (per device).
-        num_workers: DataLoader worker processes (0 loads in the main process).
         crop_scale: RandomResizedCrop area range; MAE uses (0.2, 1.0).
         hflip: horizontal-flip probability.
         train_split: training sub-folder of ``root``.
         val_split: validation sub-folder of ``root``, or None for no validation.
         eval_crop_pct: centre-crop fraction of the validation resize.
-        pin_memory: pin host memory of the batches (faster copies to the GPU).
-        val_batch_size: images per validation batch; defaults to ``batch_size``.
+        loader: how batches load (``LoaderOptions``): ``num_workers``, ``pin_memory``, ``val_batch_size``
+            (images per validation batch; null: ``batch_size``), and ``shuffle_seed``: for shards, the seed of the
+            shard order and shuffle buffer, with the epoch; for the folder/CSV source, combined with
+            ``seed_everything``, the seed of the sample order and augmentation.
         shards: train from WebDataset shards instead of the folder/CSV source: an index written by
             ``unveil shards make``, a folder holding one, a brace pattern of tars, or a list of these.
         val_shards: validate on shards (default: the folder/CSV validation source, if any).
         shard_options: how training shards are read (``ShardOptions``: ``epoch_samples``, ``resampled``,
             ``shuffle_buffer``).
-        shuffle_seed: seed of the shard order and the shuffle buffer, combined with the epoch; for the
-            folder/CSV source, combined with ``seed_everything``: seed of the sample order and augmentation.
         skips: bad samples (``SkipPolicy``: ``max_skip_fraction`` at which the run stops, ``skip_log``).
     """
 
@@ -56,18 +55,15 @@ class ImageDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         root: str | None = None,
         input_size: int = 224,
         batch_size: int = 64,
-        num_workers: int = 8,
+        loader: LoaderOptions = LoaderOptions(),  # noqa: B008 - never mutated
         crop_scale: tuple[float, float] = (0.2, 1.0),
         hflip: float = 0.5,
         train_split: str = "train",
         val_split: str | None = "val",
         eval_crop_pct: float = 0.875,
-        pin_memory: bool = True,
-        val_batch_size: int | None = None,
         shards: str | list[str] | None = None,
         val_shards: str | list[str] | None = None,
         shard_options: ShardOptions = ShardOptions(),  # noqa: B008 - never mutated
-        shuffle_seed: int = 0,
         skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - never mutated
     ) -> None:
         super().__init__()

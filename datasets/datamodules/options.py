@@ -8,6 +8,7 @@ A recipe sets them as nested keys::
         shards: /shards/k400/train.json
         shard_options: {resampled: true, epoch_samples: 240000}
         skips: {max_skip_fraction: 0.05, skip_log: runs/skips-{rank}.jsonl}
+        loader: {num_workers: 10, val_batch_size: 16}
 
 and the audio DataModules' ``fbank: {freqm: 48, timem: 192}``.
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloat, PositiveInt
+from unveil.common.config import as_options, builtin_fields  # noqa: F401  (as_options: importable from here)
 from unveil.datasets.audio import AUDIOSET_MEAN, AUDIOSET_STD, FbankTransform
 
 
@@ -33,6 +35,37 @@ def _require_path(owner: str, argument: str, path: str | Path, hint: str) -> Non
 def _require(owner: str, argument: str, ok: bool, expected: str, value: object) -> None:
     if not ok:
         raise ValueError(f"{owner}.{argument} must be {expected}, got {value!r}")
+
+
+@dataclass
+class LoaderOptions:
+    """How this machine loads the batches: settings that change speed, not the experiment (the batch size,
+    which the learning rate scales with, is the DataModule's own ``batch_size``).
+
+    Args:
+        num_workers: DataLoader worker processes per device (0 loads in the main process).
+        pin_memory: pin host memory of the batches, for faster copies to a GPU (ignored without one).
+        val_batch_size: samples per validation batch; null: the DataModule's ``batch_size``.
+        shuffle_seed: seed of the training order: for folder/CSV sources, combined with ``seed_everything``
+            (sample order and augmentation); for shards, the shard order and shuffle buffer, with the epoch.
+    """
+
+    num_workers: NonNegativeInt = 8
+    pin_memory: bool = True
+    val_batch_size: PositiveInt | None = None
+    shuffle_seed: int = 0
+
+    def __post_init__(self) -> None:
+        builtin_fields(self)
+        owner = type(self).__name__
+        _require(owner, "num_workers", self.num_workers >= 0, ">= 0", self.num_workers)
+        _require(
+            owner,
+            "val_batch_size",
+            self.val_batch_size is None or self.val_batch_size >= 1,
+            ">= 1 or null",
+            self.val_batch_size,
+        )
 
 
 @dataclass
@@ -51,6 +84,7 @@ class ShardOptions:
     shuffle_buffer: NonNegativeInt = 1000
 
     def __post_init__(self) -> None:
+        builtin_fields(self)
         owner = type(self).__name__
         _require(
             owner,
@@ -77,6 +111,7 @@ class SkipPolicy:
     skip_log: str | None = None
 
     def __post_init__(self) -> None:
+        builtin_fields(self)
         fraction = self.max_skip_fraction
         _require(
             type(self).__name__,
@@ -110,6 +145,7 @@ class FbankOptions:
     norm_std: PositiveFloat = AUDIOSET_STD
 
     def __post_init__(self) -> None:
+        builtin_fields(self)
         owner = type(self).__name__
         _require(owner, "freqm", self.freqm >= 0, ">= 0 (0 disables frequency masking)", self.freqm)
         _require(owner, "timem", self.timem >= 0, ">= 0 (0 disables time masking)", self.timem)
@@ -127,20 +163,3 @@ class FbankOptions:
             mean=self.norm_mean,
             std=self.norm_std,
         )
-
-
-def as_options(owner: str, argument: str, value, kind: type):
-    """``value`` as a ``kind`` dataclass: one already, or a mapping of its fields (a checkpoint's hparams)."""
-    if isinstance(value, kind):
-        return value
-    if isinstance(value, dict):
-        try:
-            return kind(**value)
-        except (TypeError, ValueError) as error:
-            message, field = str(error), f"{kind.__name__}."
-            if message.startswith(field):  # a field's own check: name it by its key under the DataModule
-                raise ValueError(f"{owner}.{argument}.{message[len(field) :]}") from None
-            raise ValueError(f"{owner}.{argument}: {message}") from None
-    raise ValueError(
-        f"{owner}.{argument} must be a {kind.__name__} or a mapping of its fields, got {value!r}"
-    )

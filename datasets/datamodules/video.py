@@ -10,7 +10,7 @@ from unveil.datasets.datamodules.base import (
     _require,
     _ShardsMixin,
 )
-from unveil.datasets.datamodules.options import ShardOptions, SkipPolicy
+from unveil.datasets.datamodules.options import LoaderOptions, ShardOptions, SkipPolicy
 from unveil.datasets.shards import (
     VideoShardDecoder,
 )
@@ -49,15 +49,14 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         crop_scale: RandomResizedCrop area range; MAE-ST uses (0.5, 1.0).
         hflip: horizontal-flip probability.
         batch_size: videos per training batch (per device); clips per batch = ``batch_size * repeated_sampling``.
-        num_workers: DataLoader worker processes (0 loads in the main process).
-        pin_memory: pin host memory of the batches.
-        val_batch_size: videos per validation batch; defaults to ``batch_size``.
+        loader: how batches load (``LoaderOptions``: ``num_workers``, ``pin_memory``, ``val_batch_size`` in
+            videos, ``shuffle_seed``), as for ``ImageDataModule``.
         require_full_window: skip (reason ``short_clip``) videos shorter than the clip window
             ``(num_frames - 1) * sampling_rate + 1`` instead of repeating their last frame.
         frames_fps: frame rate of videos given as folders of frames (a class folder's sub-folder, or a
             CSV row naming a folder); it turns manifest segments in seconds into frames.
-        shards, val_shards, shard_options, shuffle_seed, skips: shard sources, their reading options, the
-            data seed and the bad-sample policy, as for ``ImageDataModule``.
+        shards, val_shards, shard_options, skips: shard sources, their reading options and the bad-sample
+            policy, as for ``ImageDataModule``.
     """
 
     collate_fn = staticmethod(repeated_collate)  # repeated sampling: R clips per video join the batch
@@ -76,15 +75,12 @@ class VideoDataModule(_ShardsMixin, _LoadersMixin, L.LightningDataModule):
         crop_scale: tuple[float, float] = (0.5, 1.0),
         hflip: float = 0.5,
         batch_size: int = 8,
-        num_workers: int = 8,
-        pin_memory: bool = True,
-        val_batch_size: int | None = None,
+        loader: LoaderOptions = LoaderOptions(),  # noqa: B008 - never mutated
         require_full_window: bool = False,
         frames_fps: float = 30.0,
         shards: str | list[str] | None = None,
         val_shards: str | list[str] | None = None,
         shard_options: ShardOptions = ShardOptions(shuffle_buffer=100),  # noqa: B008 - never mutated
-        shuffle_seed: int = 0,
         skips: SkipPolicy = SkipPolicy(),  # noqa: B008 - never mutated
     ) -> None:
         super().__init__()
