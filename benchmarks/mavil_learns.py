@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     # ---- stage 1
     pl.seed_everything(args.seed, verbose=False)
     optimizer = {"lr": args.lr, "weight_decay": 0.05, "min_lr": args.lr / 10}
-    stage1 = MAViLPretrainModule(MAViL(**model_args), log_images_every_n_steps=0, **loss_args,
-                                 optimizer={**optimizer, "warmup_steps": args.stage1_steps // 10})
+    stage1 = MAViLPretrainModule(MAViL(**model_args), **loss_args,
+                                 optimizer={**optimizer, "warmup_steps": args.stage1_steps // 10},
+                                 pictures={"every_n_steps": 0})
     before = retrieval(stage1.model, val)
     start = time.perf_counter()
     fit1 = trainer(args.stage1_steps, out / "stage1")

@@ -27,6 +27,7 @@ from unveil.pretrain.optim import WarmupCosineAdamW
 from unveil.pretrain.resume import global_batch_mask, restore_train_loader_position, step_rng, step_seed
 from unveil.pretrain.throughput import SamplesPerSecond
 from unveil.pretrain.visualize import (
+    PictureOptions,
     ReconstructionPictures,
     reconstruction_grid,
     save_grid,
@@ -53,14 +54,9 @@ class MAEPretrainModule(ReconstructionPictures, CompiledTraining, WarmupCosineAd
             clips for video). Defaults: ``MAE_OPTIMIZER``, MAE's (base_lr 8e-4 per 256, weight decay 0.05,
             betas (0.9, 0.95), 40 warmup epochs).
         input_key: batch key of the input (``"image"`` or ``"video"``); detected from the batch when None.
-        log_images_every_n_steps: save and log a reconstruction grid every this many optimiser steps (also
-            before the first step and at the end of training); 0 turns pictures off.
-        num_vis_samples: samples (grid rows) in a picture; taken from the validation set if there is one,
-            otherwise from the first training batch.
-        vis_frames: for video, frames shown per sample (one row each).
+        pictures: the reconstruction pictures (:class:`~unveil.pretrain.visualize.PictureOptions`:
+            ``every_n_steps``, ``num_samples``, ``frames``, ``display_mean``, ``display_std``).
         vis_seed: seed of the fixed picture mask and of validation masks.
-        display_mean: channel mean to undo for display; default: the datamodule's ``mean``, else ImageNet's.
-        display_std: channel std to undo for display; default: the datamodule's ``std``, else ImageNet's.
         compile: run the training forward through ``torch.compile`` (static shapes, one graph; see
             ``unveil.pretrain.compiled``). The first step pays the compilation (minutes for Hiera-B on a CPU).
     """
@@ -70,28 +66,18 @@ class MAEPretrainModule(ReconstructionPictures, CompiledTraining, WarmupCosineAd
         model: MaskedAutoencoderHiera,
         optimizer: OptimizerConfig = MAE_OPTIMIZER,
         input_key: str | None = None,
-        log_images_every_n_steps: int = 500,
-        num_vis_samples: int = 4,
-        vis_frames: int = 4,
+        pictures: PictureOptions = PictureOptions(),  # noqa: B008 - never mutated
         vis_seed: int = 0,
-        display_mean: tuple[float, float, float] | None = None,
-        display_std: tuple[float, float, float] | None = None,
         compile: bool = False,
     ):
         super().__init__()
         if input_key is not None and input_key not in INPUT_KEYS:
             raise ValueError(f"input_key must be one of {INPUT_KEYS} or None, got {input_key!r}")
-        if log_images_every_n_steps < 0:
-            raise ValueError(f"log_images_every_n_steps must be >= 0, got {log_images_every_n_steps}")
         self.save_hyperparameters(ignore=["model"])
+        self._init_picture_options(pictures)
         self._init_optimizer(model, optimizer, MAE_OPTIMIZER)
         self.input_key = input_key
-        self.log_images_every_n_steps = log_images_every_n_steps
-        self.num_vis_samples = num_vis_samples
-        self.vis_frames = vis_frames
         self.vis_seed = vis_seed
-        self.display_mean = display_mean
-        self.display_std = display_std
         self._init_compile(compile)
 
         # Filled in at fit time.

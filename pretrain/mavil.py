@@ -42,6 +42,7 @@ from unveil.pretrain.optim import WarmupCosineAdamW
 from unveil.pretrain.resume import restore_train_loader_position, step_rng
 from unveil.pretrain.throughput import SamplesPerSecond
 from unveil.pretrain.visualize import (
+    PictureOptions,
     ReconstructionPictures,
     reconstruction_grid,
     save_grid,
@@ -301,16 +302,13 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
             warmup + half cosine (:class:`~unveil.common.schedule.OptimizerConfig`: ``lr``, or ``base_lr``
             per ``base_batch_size`` samples scaled to the effective batch). Defaults: ``MAVIL_OPTIMIZER``.
         audio_reconstruction_weight, video_reconstruction_weight: weights of the reconstruction terms.
-        contrastive: the inter- and intra-modal InfoNCE terms (:class:`~unveil.pretrain.contrastive.ContrastiveConfig`:
-            ``inter_weight``, ``intra_weight``, their temperatures, ``gather_negatives``; weight 0 turns a term
-            off). Stage 1 defaults: both weights 0.1, temperatures 0.1.
+        contrastive: the inter- and intra-modal InfoNCE terms (``ContrastiveConfig``: ``inter_weight``,
+            ``intra_weight``, their temperatures, ``gather_negatives``; weight 0 turns a term off). Stage 1
+            defaults: both weights 0.1, temperatures 0.1.
         retrieval_ks: the k of the validation recall R@k.
-        log_images_every_n_steps: pictures every this many optimiser steps (also at step 0 and at the end);
-            0 turns them off.
-        num_vis_samples, vis_frames: samples in the pictures, and frames shown per video.
+        pictures: the reconstruction pictures, as for ``MAEPretrainModule`` (``PictureOptions``; ``frames`` per
+            video, ``display_mean`` / ``display_std`` undo the video normalisation).
         vis_seed: seed of the picture masks and the validation masks.
-        display_mean, display_std: video normalisation to undo for display (default: the datamodule's, else
-            ImageNet's).
         compile: run the training forward through ``torch.compile`` (static shapes, one graph; see
             ``unveil.pretrain.compiled``).
     """
@@ -325,12 +323,8 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
         video_reconstruction_weight: float = 1.0,
         contrastive: ContrastiveConfig = ContrastiveConfig(),  # noqa: B008 - never mutated
         retrieval_ks: tuple[int, ...] = (1, 5),
-        log_images_every_n_steps: int = 500,
-        num_vis_samples: int = 4,
-        vis_frames: int = 4,
+        pictures: PictureOptions = PictureOptions(),  # noqa: B008 - never mutated
         vis_seed: int = 0,
-        display_mean: tuple[float, float, float] | None = None,
-        display_std: tuple[float, float, float] | None = None,
         compile: bool = False,
     ):
         super().__init__()
@@ -338,16 +332,11 @@ class MAViLPretrainModule(ReconstructionPictures, _MAViLModule):
             raise ValueError("stage 1 reconstructs pixels: build the model with target_dim=None")
         if audio_reconstruction_weight < 0 or video_reconstruction_weight < 0:
             raise ValueError("loss weights must be >= 0")
-        if log_images_every_n_steps < 0:
-            raise ValueError(f"log_images_every_n_steps must be >= 0, got {log_images_every_n_steps}")
         self.save_hyperparameters(ignore=["model"])
+        self._init_picture_options(pictures)
         self._init_training(model, **self.hparams)
         self.audio_reconstruction_weight = audio_reconstruction_weight
         self.video_reconstruction_weight = video_reconstruction_weight
-        self.log_images_every_n_steps = log_images_every_n_steps
-        self.num_vis_samples = num_vis_samples
-        self.vis_frames = vis_frames
-        self.display_mean, self.display_std = display_mean, display_std
         self._vis_dir: Path | None = None
         self._vis_batch: dict[str, torch.Tensor] | None = None
         self._vis_masks: MAViLMasks | None = None

@@ -7,13 +7,16 @@ input | masked input | reconstruction | target.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from torchvision.utils import make_grid, save_image
+from unveil.common.config import as_options, builtin_fields
 
 PANELS: tuple[str, ...] = ("input", "masked", "reconstruction", "target")
 """The columns of a reconstruction grid, left to right (keys of ``reconstruction_images``)."""
@@ -137,14 +140,48 @@ def validation_samples(
     return {key: torch.cat([part[key] for part in parts])[:count] for key in parts[0]}
 
 
+@dataclass
+class PictureOptions:
+    """The reconstruction pictures of a pretraining run (``model.init_args.pictures``).
+
+    Args:
+        every_n_steps: save and log a picture every this many optimiser steps (also before the first step
+            and at the end of training); 0 turns pictures off.
+        num_samples: samples (grid rows) in a picture; taken from the validation set if there is one,
+            otherwise from the first training batch.
+        frames: for video, frames shown per sample (one row each).
+        display_mean, display_std: the input normalisation to undo for display; default: the datamodule's
+            ``mean`` / ``std``, else ImageNet's.
+    """
+
+    every_n_steps: NonNegativeInt = 500
+    num_samples: PositiveInt = 4
+    frames: PositiveInt = 4
+    display_mean: tuple[float, float, float] | None = None
+    display_std: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        builtin_fields(self)
+        for name in ("every_n_steps", "num_samples", "frames"):
+            low = 0 if name == "every_n_steps" else 1
+            if getattr(self, name) < low:
+                raise ValueError(f"PictureOptions.{name} must be >= {low}, got {getattr(self, name)!r}")
+
+
 class ReconstructionPictures:
     """When a LightningModule draws its reconstruction pictures: before the first step (the module
-    draws that one when it picks its samples), every ``log_images_every_n_steps`` steps, and at the end
+    draws that one when it picks its samples), every ``pictures.every_n_steps`` steps, and at the end
     of training.
 
-    The module sets ``log_images_every_n_steps``, ``display_mean``, ``display_std``, and implements
-    ``log_reconstructions()`` and ``_has_vis_samples()``. List this class before ``LightningModule``.
+    The module calls ``_init_picture_options(pictures)`` in its constructor (after ``save_hyperparameters``), and
+    implements ``log_reconstructions()`` and ``_has_vis_samples()``. List this class before ``LightningModule``.
     """
+
+    def _init_picture_options(self, pictures) -> None:
+        pictures = as_options(type(self).__name__, "pictures", pictures, PictureOptions, PictureOptions())
+        self.log_images_every_n_steps, self.num_vis_samples = pictures.every_n_steps, pictures.num_samples
+        self.vis_frames = pictures.frames
+        self.display_mean, self.display_std = pictures.display_mean, pictures.display_std
 
     def _pictures_enabled(self) -> bool:
         return self.log_images_every_n_steps > 0 and self._trainer is not None

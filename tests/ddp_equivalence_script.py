@@ -49,7 +49,7 @@ class Record(pl.Callback):
 def run(images: str, out: str, devices: int, batch_size: int) -> None:
     pl.seed_everything(0, workers=True, verbose=False)
     model = MaskedAutoencoderHiera(**TINY)  # the same initial weights on every rank: seeded above
-    module = MAEPretrainModule(model, log_images_every_n_steps=0, optimizer={"lr": 1e-3, "warmup_steps": 0})
+    module = MAEPretrainModule(model, optimizer={"lr": 1e-3, "warmup_steps": 0}, pictures={"every_n_steps": 0})
     data = ImageDataModule(root=images, input_size=64, batch_size=batch_size, val_split=None,
                            crop_scale=(0.3, 1.0),
                            loader={"num_workers": 0, "pin_memory": False})

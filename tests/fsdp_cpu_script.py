@@ -58,7 +58,7 @@ def main() -> None:
     pl.seed_everything(0, verbose=False)
     model = MaskedAutoencoderHiera(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 1, 1),
                                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=1)
-    module = MAEPretrainModule(model, log_images_every_n_steps=1, optimizer={"lr": 1e-3, "warmup_steps": 1})
+    module = MAEPretrainModule(model, optimizer={"lr": 1e-3, "warmup_steps": 1}, pictures={"every_n_steps": 1})
     data = ImageDataModule(root=images, input_size=64, batch_size=2, val_split=None, loader={"num_workers": 0, "pin_memory": False})
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy=strategy, max_steps=steps, max_epochs=-1, logger=False,

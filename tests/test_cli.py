@@ -181,7 +181,7 @@ def test_synth_and_fit_quickstart_end_to_end(capsys, tmp_path, monkeypatch):
         capsys, "fit", "--config", "quickstart",
         "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
         "--data.init_args.batch_size", "2", "--data.init_args.loader.num_workers", "0",
-        "--model.init_args.num_vis_samples", "1",
+        "--model.init_args.pictures.num_samples", "1",
     )
     assert code == 0, err
     run = tmp_path / "runs/quickstart/version_0"

@@ -137,7 +137,7 @@ def stage_maps(model, x: torch.Tensor, fmt: str = "NCHW") -> list[torch.Tensor]:
 def image_run(tmp_path_factory):
     torch.manual_seed(0)
     model = perturbed(MaskedAutoencoderHiera(**IMAGE))
-    module = MAEPretrainModule(model, log_images_every_n_steps=0, optimizer={"lr": 1e-3, "warmup_steps": 0})
+    module = MAEPretrainModule(model, optimizer={"lr": 1e-3, "warmup_steps": 0}, pictures={"every_n_steps": 0})
     checkpoint = fit_checkpoint(module, Samples(4, image=(3, 64, 64)), tmp_path_factory.mktemp("image_run"))
     return checkpoint, source_model(checkpoint, MaskedAutoencoderHiera, IMAGE)
 
@@ -146,7 +146,7 @@ def image_run(tmp_path_factory):
 def video_run(tmp_path_factory):
     torch.manual_seed(1)
     model = perturbed(MaskedAutoencoderHiera(**VIDEO))
-    module = MAEPretrainModule(model, log_images_every_n_steps=0, optimizer={"lr": 1e-3, "warmup_steps": 0})
+    module = MAEPretrainModule(model, optimizer={"lr": 1e-3, "warmup_steps": 0}, pictures={"every_n_steps": 0})
     checkpoint = fit_checkpoint(
         module, Samples(4, video=(3, 4, 64, 64)), tmp_path_factory.mktemp("video_run")
     )
@@ -157,7 +157,7 @@ def video_run(tmp_path_factory):
 def mavil_run(tmp_path_factory):
     torch.manual_seed(2)
     module = MAViLPretrainModule(
-        perturbed(MAViL(**MAVIL)), log_images_every_n_steps=0, optimizer={"lr": 1e-3, "warmup_steps": 0}
+        perturbed(MAViL(**MAVIL)), optimizer={"lr": 1e-3, "warmup_steps": 0}, pictures={"every_n_steps": 0}
     )
     data = Samples(4, fbank=(1, 64, 128), video=(3, 4, 32, 32))
     checkpoint = fit_checkpoint(module, data, tmp_path_factory.mktemp("mavil_run"))

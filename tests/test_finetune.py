@@ -572,7 +572,7 @@ def test_readme_chain_pretrain_export_finetune_and_probe(tmp_path):
         "quickstart",
         *SHRINK,
         "--model.init_args.model.init_args.input_size=[64,64]",
-        "--model.init_args.log_images_every_n_steps",
+        "--model.init_args.pictures.every_n_steps",
         "0",
         cwd=tmp_path,
     )
@@ -641,7 +641,7 @@ def test_readme_mavil_quickstart_finetune(tmp_path, mavil):
         "4",
         "--data.init_args.loader.num_workers",
         "0",
-        "--model.init_args.log_images_every_n_steps",
+        "--model.init_args.pictures.every_n_steps",
         "0",
         cwd=tmp_path,
     )

@@ -302,7 +302,7 @@ def fit(module, root: Path, run_dir: Path, steps: int, **trainer_kwargs) -> pl.T
 def stage1_run(av_root, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("stage1")
     pl.seed_everything(0)
-    module = MAViLPretrainModule(tiny(), log_images_every_n_steps=2, num_vis_samples=2, optimizer={"lr": 1e-3, "warmup_steps": 1})
+    module = MAViLPretrainModule(tiny(), optimizer={"lr": 1e-3, "warmup_steps": 1}, pictures={"every_n_steps": 2, "num_samples": 2})
     trainer = fit(module, av_root, run_dir, steps=2, val_check_interval=2, check_val_every_n_epoch=None)
     checkpoint = run_dir / "stage1.ckpt"
     trainer.save_checkpoint(checkpoint)
@@ -452,7 +452,7 @@ def test_quickstart_recipes_run_both_stages_through_the_cli(av_root, tmp_path, m
     tiny_args = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--data.init_args.batch_size=4",
                  "--data.init_args.loader.num_workers=0"]
     assert main(["fit", "--config", "quickstart_mavil", *tiny_args,
-                 "--model.init_args.log_images_every_n_steps=0"]) == 0
+                 "--model.init_args.pictures.every_n_steps=0"]) == 0
     teacher = tmp_path / "runs" / "quickstart_mavil" / "stage1" / "checkpoints" / "last.ckpt"
     assert teacher.is_file()
     assert main(["fit", "--config", "quickstart_mavil_stage2", *tiny_args]) == 0

@@ -149,8 +149,8 @@ def test_short_fit_writes_pictures_checkpoint_and_follows_schedule(tmp_path):
                              progress=False)
     data = ImageDataModule(str(root), input_size=64, batch_size=2, loader={"num_workers": 0})
     module = MAEPretrainModule(tiny_image_mae(),
-                               log_images_every_n_steps=2, num_vis_samples=2,
-                               optimizer={"base_lr": 1e-3, "warmup_epochs": 1, "min_lr": 1e-6})
+                               optimizer={"base_lr": 1e-3, "warmup_epochs": 1, "min_lr": 1e-6},
+                               pictures={"every_n_steps": 2, "num_samples": 2})
 
     seen_lrs = []
 
@@ -191,7 +191,7 @@ def test_fixed_batch_loss_goes_down(tmp_path):
     torch.manual_seed(0)
     images = smooth_images(4, 64)
     model = tiny_image_mae()
-    module = MAEPretrainModule(model, log_images_every_n_steps=0, optimizer={"lr": 3e-3, "warmup_steps": 5, "weight_decay": 0.0})
+    module = MAEPretrainModule(model, optimizer={"lr": 3e-3, "warmup_steps": 5, "weight_decay": 0.0}, pictures={"every_n_steps": 0})
     mask = model.get_random_mask(images, 0.6)
 
     def fixed_mask_loss() -> float:
@@ -211,9 +211,9 @@ def test_fixed_batch_loss_goes_down(tmp_path):
 def test_video_fit_without_datamodule(tmp_path):
     """Video batches from a plain DataLoader: batch size read from the loader, pictures from training samples."""
     clips = torch.randn(4, 3, 4, 64, 64)
-    module = MAEPretrainModule(tiny_video_mae(), log_images_every_n_steps=1,
-                               num_vis_samples=1, vis_frames=2,
-                               optimizer={"base_lr": 1e-3, "warmup_steps": 1})
+    module = MAEPretrainModule(tiny_video_mae(),
+                               optimizer={"base_lr": 1e-3, "warmup_steps": 1},
+                               pictures={"every_n_steps": 1, "num_samples": 1, "frames": 2})
     fit = trainer(tmp_path, max_steps=2, max_epochs=-1)
     fit.fit(module, DataLoader(DictDataset(clips, "video"), batch_size=2))
     assert module.effective_batch_size == 2
@@ -226,7 +226,7 @@ def test_video_fit_without_datamodule(tmp_path):
 
 
 def test_fixed_picture_mask_and_validation_masks_do_not_touch_training_rng():
-    module = MAEPretrainModule(tiny_image_mae(), log_images_every_n_steps=1)
+    module = MAEPretrainModule(tiny_image_mae(), pictures={"every_n_steps": 1})
     x = smooth_images(2, 64)
     torch.manual_seed(123)
     first = module.reconstruction_picture(x)

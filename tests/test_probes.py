@@ -43,7 +43,7 @@ def fit_tiny_mae(tmp_path, callbacks, root) -> MAEPretrainModule:
         str(root), input_size=64, batch_size=4,
         loader={"num_workers": 0})  # augmentation in this process
     model = MaskedAutoencoderHiera(input_size=(64, 64), drop_path_rate=0.2, **TINY)  # drop path draws numbers
-    module = MAEPretrainModule(model, log_images_every_n_steps=0, optimizer={"lr": 1e-3, "warmup_steps": 1})
+    module = MAEPretrainModule(model, optimizer={"lr": 1e-3, "warmup_steps": 1}, pictures={"every_n_steps": 0})
     trainer(tmp_path, callbacks, max_steps=6, val_check_interval=3, check_val_every_n_epoch=None).fit(
         module, datamodule=data
     )
@@ -103,8 +103,8 @@ def test_probes_score_separable_features_and_chance_for_shuffled_labels(tmp_path
         torch.manual_seed(0)
         module = MAEPretrainModule(
             MaskedAutoencoderHiera(input_size=(64, 64), **TINY),
-            log_images_every_n_steps=0,
             optimizer={"lr": 0.0, "warmup_steps": 0},
+            pictures={"every_n_steps": 0},
         )
         probes = OnlineProbes(num_classes=2, k=3, lr=3e-2)
         fit = trainer(tmp_path / name, [probes], max_epochs=4)

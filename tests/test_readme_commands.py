@@ -24,8 +24,8 @@ UNVEIL = Path(sys.executable).with_name("unveil")
 TINY_IMAGE = (
     "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",
     "--data.init_args.batch_size", "4", "--data.init_args.loader.num_workers", "0", "--data.init_args.input_size", "64",
-    "--model.init_args.model.init_args.input_size=[64,64]", "--model.init_args.log_images_every_n_steps", "1",
-    "--model.init_args.num_vis_samples", "2",
+    "--model.init_args.model.init_args.input_size=[64,64]", "--model.init_args.pictures.every_n_steps", "1",
+    "--model.init_args.pictures.num_samples", "2",
 )
 
 
@@ -243,8 +243,8 @@ def test_video_shards_make_info_and_fit_with_validation_shards(tmp_path):
            "--data.init_args.val_shards=shards/k/val.json", "--data.init_args.input_size", "32",
            "--data.init_args.batch_size", "2", "--data.init_args.loader.num_workers", "0",
            "--data.init_args.repeated_sampling", "1", "--model.init_args.model.init_args.input_size=[8,32,32]", "--trainer.max_steps", "2",
-           "--trainer.val_check_interval", "2", "--model.init_args.log_images_every_n_steps", "1",
-           "--model.init_args.num_vis_samples", "2", cwd=tmp_path)
+           "--trainer.val_check_interval", "2", "--model.init_args.pictures.every_n_steps", "1",
+           "--model.init_args.pictures.num_samples", "2", cwd=tmp_path)
     (run,) = (tmp_path / "runs/quickstart_video").glob("version_*")
     assert checkpoint_step(run / "checkpoints/last.ckpt") == 2
     assert len(list((run / "reconstructions").glob("step_*.png"))) == 3
@@ -268,7 +268,7 @@ def test_mavil_stage1_then_stage2_on_audio_video_shards_and_export(tmp_path):
     tiny = ("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.init_args.batch_size", "4",
             "--data.init_args.loader.num_workers", "0")
     # stage 1 as the README runs it (folders) ...
-    unveil("fit", "--config", "quickstart_mavil", *tiny, "--model.init_args.log_images_every_n_steps", "1",
+    unveil("fit", "--config", "quickstart_mavil", *tiny, "--model.init_args.pictures.every_n_steps", "1",
            cwd=tmp_path)
     stage1 = tmp_path / "runs/quickstart_mavil/stage1/checkpoints/last.ckpt"
     assert checkpoint_step(stage1) == 2

@@ -45,7 +45,7 @@ ABSWIN_SIZES = ["t", "s", "b", "bplus", "l"]
 INFRASTRUCTURE_KEYS = {
     "seed_everything", "devices", "num_nodes", "num_workers", "log_every_n_steps", "check_val_every_n_epoch",
     "val_check_interval", "num_sanity_val_steps", "every_n_epochs", "every_n_train_steps", "save_top_k",
-    "log_images_every_n_steps", "num_vis_samples", "vis_frames", "vis_seed", "accumulate_grad_batches",
+    "log_images_every_n_steps", "every_n_steps", "num_samples", "frames", "vis_seed", "accumulate_grad_batches",
     "limit_val_batches", "val_batch_size", "every_n_batches", "retrieval_ks",
     # MAViL's loss weights of 1: the unweighted sum of the terms
     "audio_reconstruction_weight", "video_reconstruction_weight", "audio_feature_weight", "video_feature_weight",

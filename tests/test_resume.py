@@ -64,7 +64,7 @@ def images(tmp_path_factory) -> Path:
 
 def tiny_mae() -> MAEPretrainModule:
     model = MaskedAutoencoderHiera(input_size=(64, 64), drop_path_rate=0.1, **TINY)
-    return MAEPretrainModule(model, log_images_every_n_steps=0, optimizer={"lr": 2e-3, "warmup_steps": 2, "min_lr": 1e-4})
+    return MAEPretrainModule(model, optimizer={"lr": 2e-3, "warmup_steps": 2, "min_lr": 1e-4}, pictures={"every_n_steps": 0})
 
 
 def mae_run(images: Path, num_workers: int):
@@ -80,9 +80,9 @@ def mavil_run(clips: Path, num_workers: int):
                   depth=1, num_heads=2, fusion_depth=1, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
                   projection_dim=16, audio_mask_ratio=0.8, video_mask_ratio=0.5, drop_path_rate=0.1)
     module = MAViLPretrainModule(model,
-                                 log_images_every_n_steps=0,
                                  optimizer={"lr": 2e-3, "warmup_steps": 2, "min_lr": 1e-4},
-                                 contrastive={"inter_weight": 1.0, "intra_weight": 0.5})
+                                 contrastive={"inter_weight": 1.0, "intra_weight": 0.5},
+                                 pictures={"every_n_steps": 0})
     data = AudioVideoDataModule(root=str(clips), duration=2.0, video_fps=2.0, num_frames=4, input_size=32,
                                 crop_scale=(0.6, 1.0), target_length=192, fbank={"freqm": 24, "timem": 48},
                                 batch_size=4, val_split=None,

@@ -337,7 +337,7 @@ def tiny_quickstart(data: Path, probe: Path, max_steps: int, pace: float = 0.0) 
         "--data.init_args.batch_size", str(BATCH), "--data.init_args.loader.num_workers", "0",
         f"{model}input_size", "[64, 64]", f"{model}embed_dim", "16", f"{model}stages", "[1, 1, 1, 1]",
         f"{model}decoder_embed_dim", "16", f"{model}decoder_depth", "1", f"{model}decoder_num_heads", "1",
-        "--model.init_args.num_vis_samples", "1", "--model.init_args.log_images_every_n_steps", "1000",
+        "--model.init_args.pictures.num_samples", "1", "--model.init_args.pictures.every_n_steps", "1000",
         # the callbacks list replaced whole: last.ckpt every 2 steps, whatever the recipe's schedule
         ("--trainer.callbacks=[{class_path: ModelCheckpoint, init_args: {save_last: true, save_top_k: 0, "
          "every_n_train_steps: 2}}, "

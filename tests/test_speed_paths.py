@@ -218,9 +218,9 @@ def test_compiled_mae_training_matches_eager(tmp_path):
     losses = []
     for compile in (False, True):
         pl.seed_everything(0)
-        module = MAEPretrainModule(MaskedAutoencoderHiera(**TINY_IMAGE),
-                                   log_images_every_n_steps=0, compile=compile,
-                                   optimizer={"lr": 1e-3, "warmup_steps": 0})
+        module = MAEPretrainModule(MaskedAutoencoderHiera(**TINY_IMAGE), compile=compile,
+                                   optimizer={"lr": 1e-3, "warmup_steps": 0},
+                                   pictures={"every_n_steps": 0})
         with mock.patch.object(MAEPretrainModule, "log", autospec=True, side_effect=pl.LightningModule.log) as log:
             _tiny_fit_steps(module, loader, tmp_path, steps=3)
         losses.append(torch.stack([c.args[2].detach() for c in log.call_args_list if c.args[1] == "train/loss"]))
@@ -257,8 +257,8 @@ def test_fused_adamw_matches_the_plain_one():
 def test_training_step_logs_without_a_per_step_all_reduce(tmp_path):
     """Per-step training scalars are rank-local; the one cross-rank mean is an epoch aggregate."""
     module = MAEPretrainModule(MaskedAutoencoderHiera(**TINY_IMAGE),
-                               log_images_every_n_steps=0,
-                               optimizer={"lr": 1e-3, "warmup_steps": 0})
+                               optimizer={"lr": 1e-3, "warmup_steps": 0},
+                               pictures={"every_n_steps": 0})
     loader = DataLoader([{"image": im} for im in torch.randn(4, 3, 64, 64)], batch_size=2)
     with mock.patch.object(MAEPretrainModule, "log", autospec=True, side_effect=pl.LightningModule.log) as log:
         _tiny_fit_steps(module, loader, tmp_path)

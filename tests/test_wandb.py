@@ -36,7 +36,7 @@ TINY = [
     "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
     "--data.init_args.root", "data/shapes", "--data.init_args.input_size", "64", "--data.init_args.batch_size", "2",
     "--data.init_args.loader.num_workers", "0",
-    "--model.init_args.log_images_every_n_steps", "2", "--model.init_args.num_vis_samples", "1",
+    "--model.init_args.pictures.every_n_steps", "2", "--model.init_args.pictures.num_samples", "1",
     "--model.init_args.model.init_args.input_size", "[64, 64]", "--model.init_args.model.init_args.stages", "[1, 1, 1, 1]",
     "--model.init_args.model.init_args.embed_dim", "32", "--model.init_args.model.init_args.decoder_embed_dim", "32",
     "--model.init_args.model.init_args.decoder_depth", "1", "--model.init_args.model.init_args.decoder_num_heads", "1",
@@ -366,7 +366,7 @@ def test_export_backbone_at_the_end_is_a_wandb_artifact(tmp_path):
                                progress=False)
     model = MaskedAutoencoderHiera(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 1, 1),
                                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=1)
-    module = MAEPretrainModule(model, log_images_every_n_steps=0, optimizer={"lr": 1e-3, "warmup_steps": 1})
+    module = MAEPretrainModule(model, optimizer={"lr": 1e-3, "warmup_steps": 1}, pictures={"every_n_steps": 0})
     data = ImageDataModule(root=str(images), input_size=64, batch_size=2, val_split=None,
                            loader={"num_workers": 0, "pin_memory": False})
     logger = WandbLogger(save_dir=str(tmp_path / "run"), project="unveil")
